@@ -5,3 +5,22 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """transformers' HiggsAudioV2 with tiny random weights: the numerical reference."""
+    from higgslab.tiny.model import tiny_hf_model
+
+    return tiny_hf_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def lm_checkpoints(tmp_path_factory):
+    """The oracle's weights written in both real layouts: {"original": dir, "transformers": dir}."""
+    from higgslab.tiny.model import write_tiny_model
+
+    root = tmp_path_factory.mktemp("lm")
+    return {fmt: write_tiny_model(root / fmt, fmt, seed=0) for fmt in ("original", "transformers")}

@@ -1,0 +1,304 @@
+"""`HiggsConfig`: one description of a Higgs Audio V2 LM, read from either `config.json` flavour.
+
+The original Boson checkpoint (`model_type: higgs_audio`) nests a Llama `text_config` and names the audio
+settings `audio_*`; the transformers port (`model_type: higgs_audio_v2`) is a flat LlamaConfig plus
+`num_codebooks`/`codebook_size`. Both become the same dataclass, and both can be written back, so that a
+round trip through `higgslab.convert` is exact. Shapes always come from the checkpoint's own file; RoPE
+too (transformers' defaults carry other llama3 numbers, see FORMATS.md §1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from higgslab.errors import HiggsLabError
+
+LayerKind = Literal["dual_ffn", "fast_forward", "llama"]
+ADAPTER_TYPES = ("dual_ffn", "dual_ffn_fast_forward")
+
+
+@dataclass
+class HiggsConfig:
+    # Llama backbone
+    vocab_size: int = 128256
+    hidden_size: int = 3072
+    intermediate_size: int = 8192
+    num_layers: int = 28
+    num_heads: int = 24
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 131072
+    rope: dict[str, Any] = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 500000.0})
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    tie_word_embeddings: bool = True
+    # audio adapter: which layers carry an audio FFN, what the others do with audio positions
+    adapter_type: str = "dual_ffn_fast_forward"
+    dual_ffn_layers: tuple[int, ...] = tuple(range(28))
+    audio_self_attention: bool = False
+    # audio codes: `codebook_size` real codes per codebook; stream bos/eos are two extra rows
+    num_codebooks: int = 8
+    codebook_size: int = 1024
+    stream_bos_id: int = 1024
+    stream_eos_id: int = 1025
+    # text token ids (Llama-3 reserved slots)
+    bos_token_id: int = 128000
+    pad_token_id: int = 128001
+    eot_token_id: int = 128009
+    audio_bos_token_id: int = 128011
+    audio_eos_token_id: int = 128012
+    audio_out_bos_token_id: int = 128013
+    audio_delay_token_id: int = 128014
+    audio_in_token_id: int = 128015
+    audio_out_token_id: int = 128016
+    # where it came from, and the file's own dict (kept so conversion writes back what it read)
+    source_format: Literal["original", "transformers", "new"] = field(default="new", compare=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    # ---- derived facts -------------------------------------------------------------------------------
+    @property
+    def codebook_entries(self) -> int:
+        """Rows per codebook in the audio embedding and head: codes + stream bos + stream eos."""
+        return self.codebook_size + 2
+
+    def layer_kind(self, i: int) -> LayerKind:
+        """What layer `i` does with audio positions (see `higgslab.model.dualffn`)."""
+        if i in self.dual_ffn_layers:
+            return "dual_ffn"
+        return "fast_forward" if self.adapter_type == "dual_ffn_fast_forward" else "llama"
+
+    @property
+    def layer_kinds(self) -> list[LayerKind]:
+        return [self.layer_kind(i) for i in range(self.num_layers)]
+
+    # ---- reading -------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> HiggsConfig:
+        kind = d.get("model_type")
+        if kind == "higgs_audio":
+            cfg = cls._from_original(d, where)
+        elif kind == "higgs_audio_v2":
+            cfg = cls._from_transformers(d)
+        else:
+            raise HiggsLabError(
+                f"{where}: unknown model_type {kind!r} (expected 'higgs_audio' or 'higgs_audio_v2')"
+            )
+        cfg.raw = d
+        cfg.validate(where)
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> HiggsConfig:
+        """Read `config.json` (or the directory holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise HiggsLabError(f"{path}: no such config file")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HiggsLabError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(d, where=str(path))
+
+    @staticmethod
+    def _llama_fields(t: dict[str, Any]) -> dict[str, Any]:
+        heads = t.get("num_attention_heads", 32)
+        hidden = t.get("hidden_size", 4096)
+        return dict(
+            vocab_size=t.get("vocab_size", 128256),
+            hidden_size=hidden,
+            intermediate_size=t.get("intermediate_size", 11008),
+            num_layers=t.get("num_hidden_layers", 32),
+            num_heads=heads,
+            num_kv_heads=t.get("num_key_value_heads") or heads,
+            head_dim=t.get("head_dim") or hidden // heads,
+            rms_norm_eps=t.get("rms_norm_eps", 1e-6),
+            max_position_embeddings=t.get("max_position_embeddings", 2048),
+            rope=_rope_from(t),
+            attention_bias=t.get("attention_bias", False),
+            mlp_bias=t.get("mlp_bias", False),
+            hidden_act=t.get("hidden_act", "silu"),
+            tie_word_embeddings=t.get("tie_word_embeddings", False),
+        )
+
+    @classmethod
+    def _from_original(cls, d: dict[str, Any], where: str) -> HiggsConfig:
+        t = d.get("text_config")
+        if not isinstance(t, dict):
+            raise HiggsLabError(f"{where}: model_type 'higgs_audio' needs a 'text_config' object")
+        fields = cls._llama_fields(t)
+        adapter = d.get("audio_adapter_type", "dual_ffn_fast_forward")
+        if adapter not in ADAPTER_TYPES:
+            raise HiggsLabError(
+                f"{where}: audio_adapter_type {adapter!r} is not supported (use {ADAPTER_TYPES})"
+            )
+        ffn_size = d.get("audio_ffn_intermediate_size", fields["intermediate_size"])
+        if (
+            ffn_size != fields["intermediate_size"]
+            or d.get("audio_ffn_hidden_size", fields["hidden_size"]) != (fields["hidden_size"])
+        ):
+            raise HiggsLabError(f"{where}: an audio FFN of another size than the text FFN is not supported")
+        size = d.get("audio_codebook_size", 1024)
+        return cls(
+            **fields,
+            adapter_type=adapter,
+            dual_ffn_layers=tuple(d.get("audio_dual_ffn_layers") or ()),
+            audio_self_attention=bool(d.get("use_audio_out_self_attention", 0)),
+            num_codebooks=d.get("audio_num_codebooks", 8),
+            codebook_size=size,
+            stream_bos_id=d.get("audio_stream_bos_id", size),
+            stream_eos_id=d.get("audio_stream_eos_id", size + 1),
+            bos_token_id=t.get("bos_token_id", 128000),
+            pad_token_id=d.get("pad_token_id", 128001),
+            audio_eos_token_id=d.get("audio_eos_token_id", 128012),
+            audio_out_bos_token_id=d.get("audio_out_bos_token_id", 128013),
+            audio_in_token_id=d.get("audio_in_token_idx", 128015),
+            audio_out_token_id=d.get("audio_out_token_idx", 128016),
+            source_format="original",
+        )
+
+    @classmethod
+    def _from_transformers(cls, d: dict[str, Any]) -> HiggsConfig:
+        fields = cls._llama_fields(d)
+        # transformers' codebook_size counts the two stream tokens (1026 in the checkpoints)
+        entries = d.get("codebook_size", 1026)
+        return cls(
+            **fields,
+            # every layer is DualFFN there; the real original config names the same thing this way
+            adapter_type="dual_ffn_fast_forward",
+            dual_ffn_layers=tuple(range(fields["num_layers"])),
+            num_codebooks=d.get("num_codebooks", 8),
+            codebook_size=entries - 2,
+            stream_bos_id=d.get("audio_stream_bos_id", entries - 2),
+            stream_eos_id=d.get("audio_stream_eos_id", entries - 1),
+            bos_token_id=d.get("bos_token_id") or 128000,
+            pad_token_id=d.get("pad_token_id", 128001),
+            audio_out_bos_token_id=d.get("audio_bos_token_id", 128013),
+            audio_delay_token_id=d.get("audio_delay_token_id", 128014),
+            audio_out_token_id=d.get("audio_token_id", 128016),
+            source_format="transformers",
+        )
+
+    def validate(self, where: str = "config") -> None:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise HiggsLabError(
+                f"{where}: heads do not divide evenly (hidden {self.hidden_size}, "
+                f"heads {self.num_heads}, kv heads {self.num_kv_heads})"
+            )
+        bad = [i for i in self.dual_ffn_layers if not 0 <= i < self.num_layers]
+        if bad:
+            raise HiggsLabError(f"{where}: audio_dual_ffn_layers {bad} outside 0..{self.num_layers - 1}")
+        if {self.stream_bos_id, self.stream_eos_id} != {self.codebook_size, self.codebook_size + 1}:
+            raise HiggsLabError(f"{where}: stream bos/eos ids must be codebook_size and codebook_size + 1")
+
+    # ---- writing -------------------------------------------------------------------------------------
+    def _llama_dict(self) -> dict[str, Any]:
+        return {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias,
+            "hidden_act": self.hidden_act,
+            "tie_word_embeddings": self.tie_word_embeddings,
+        }
+
+    def to_original_dict(self) -> dict[str, Any]:
+        """The Boson `config.json` (model_type `higgs_audio`); starts from the file read if it was one."""
+        base = dict(self.raw) if self.source_format == "original" else {}
+        text = dict(base.get("text_config", {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+        text.update(self._llama_dict(), bos_token_id=self.bos_token_id, **_rope_to_legacy(self.rope))
+        base.update(
+            model_type="higgs_audio",
+            architectures=["HiggsAudioModel"],
+            audio_adapter_type=self.adapter_type,
+            audio_dual_ffn_layers=list(self.dual_ffn_layers),
+            use_audio_out_self_attention=int(self.audio_self_attention),
+            audio_ffn_hidden_size=self.hidden_size,
+            audio_ffn_intermediate_size=self.intermediate_size,
+            audio_num_codebooks=self.num_codebooks,
+            audio_codebook_size=self.codebook_size,
+            audio_stream_bos_id=self.stream_bos_id,
+            audio_stream_eos_id=self.stream_eos_id,
+            audio_eos_token_id=self.audio_eos_token_id,
+            audio_out_bos_token_id=self.audio_out_bos_token_id,
+            audio_in_token_idx=self.audio_in_token_id,
+            audio_out_token_idx=self.audio_out_token_id,
+            use_delay_pattern=True,
+            skip_audio_tower=True,
+            encode_audio_in_tokens=True,
+            audio_embed_avg=False,
+            hidden_size=self.hidden_size,
+            pad_token_id=self.pad_token_id,
+            text_config=text,
+        )
+        return base
+
+    def to_transformers_dict(self) -> dict[str, Any]:
+        """The transformers `config.json` (model_type `higgs_audio_v2`)."""
+        if sorted(set(self.dual_ffn_layers)) != list(range(self.num_layers)):
+            raise HiggsLabError("the transformers format holds only models whose every layer is DualFFN")
+        if self.audio_self_attention:
+            raise HiggsLabError("the transformers format has no separate audio attention")
+        base = dict(self.raw) if self.source_format == "transformers" else {}
+        base.update(
+            self._llama_dict(),
+            model_type="higgs_audio_v2",
+            architectures=["HiggsAudioV2ForConditionalGeneration"],
+            rope_parameters=dict(self.rope),
+            num_codebooks=self.num_codebooks,
+            codebook_size=self.codebook_entries,
+            audio_token_id=self.audio_out_token_id,
+            audio_bos_token_id=self.audio_out_bos_token_id,
+            audio_delay_token_id=self.audio_delay_token_id,
+            audio_stream_bos_id=self.stream_bos_id,
+            audio_stream_eos_id=self.stream_eos_id,
+            pad_token_id=self.pad_token_id,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eot_token_id,
+        )
+        return base
+
+    def to_llama_config(self, attn_implementation: str = "sdpa"):
+        """A transformers `LlamaConfig` for the building blocks (attention, RoPE, norms, MLP)."""
+        from transformers import LlamaConfig
+
+        cfg = LlamaConfig(**self._llama_dict(), rope_parameters=dict(self.rope))
+        cfg._attn_implementation = attn_implementation
+        return cfg
+
+    def replace(self, **changes: Any) -> HiggsConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _rope_from(t: dict[str, Any]) -> dict[str, Any]:
+    """RoPE settings in transformers-5 form, from either `rope_parameters` or legacy `rope_theta`+`rope_scaling`."""
+    if isinstance(t.get("rope_parameters"), dict):
+        rope = dict(t["rope_parameters"])
+    else:
+        rope = dict(t.get("rope_scaling") or {})
+        rope.setdefault("rope_theta", t.get("rope_theta", 10000.0))
+    rope["rope_type"] = rope.pop("type", None) or rope.get("rope_type") or "default"
+    return rope
+
+
+def _rope_to_legacy(rope: dict[str, Any]) -> dict[str, Any]:
+    """`rope_theta` + `rope_scaling` as the original (transformers 4.x) config writes them."""
+    scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return {
+        "rope_theta": rope.get("rope_theta", 10000.0),
+        "rope_scaling": None if scaling.get("rope_type") == "default" else scaling,
+    }

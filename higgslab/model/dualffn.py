@@ -1,0 +1,189 @@
+"""The DualFFN decoder layer: shared attention, separate norms + FFN for audio-out positions.
+
+    text  text  audio audio audio text            positions of one sequence
+       \\    \\    |     /     /    /
+            shared self-attention                 (audio positions may first pass a separate
+       /    /    |     \\     \\    \\               audio-only attention: `audio_self_attention`)
+    text FFN  ...  audio FFN  ...  text FFN       each position through its own norm + SwiGLU
+
+Built from transformers' Llama pieces (attention, RMSNorm, MLP). Three kinds of layer (original code):
+- `dual_ffn`: as drawn above.
+- `fast_forward`: audio positions skip the layer (their hidden state passes through unchanged) and
+  text positions do not attend to them.
+- `llama`: a plain Llama layer; audio positions use the text norms and FFN.
+
+Routing is by `Route`: a pure-audio step (every decode step of TTS) runs only the audio path, with no
+mask at all; a pure-text batch only the text path; a mixed prefill gathers each side by flat index,
+runs it, and scatters it back (`index_select`/`index_copy`), never boolean-mask indexing.
+
+Research switches, no model edits needed:
+- `layer.audio_ffn = "audio" | "text" | "skip"`: audio positions use their own FFN (default), the text
+  norm + FFN, or no FFN at all.
+- forward hooks on `layer.mlp` / `layer.audio_mlp` see exactly the text / audio positions' FFN outputs
+  (`[N_text, D]` / `[N_audio, D]` in a mixed batch, `[B, T, D]` in a pure one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
+
+from higgslab.config import HiggsConfig, LayerKind
+
+
+@dataclass
+class Route:
+    """Which positions of a `[B, T]` batch are audio-out positions, computed once per forward.
+
+    mode: "audio" (all positions), "text" (none) or "mixed"; for "mixed", `audio_idx`/`text_idx` are
+    flat indices into `B * T`. `audio_mask` `[B, T]` is kept for the layers whose attention must see it
+    (fast-forward, audio self-attention).
+    """
+
+    mode: Literal["audio", "text", "mixed"]
+    audio_mask: torch.Tensor | None = None
+    audio_idx: torch.Tensor | None = None
+    text_idx: torch.Tensor | None = None
+
+    @classmethod
+    def from_mask(cls, audio_mask: torch.Tensor) -> Route:
+        """From a bool `[B, T]` mask. Reads the mask on the host once: use `Route.audio()` in decode loops."""
+        n_audio = int(audio_mask.sum())
+        if n_audio == 0:
+            return cls("text", audio_mask)
+        if n_audio == audio_mask.numel():
+            return cls("audio", audio_mask)
+        flat = audio_mask.reshape(-1)
+        return cls("mixed", audio_mask, flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1))
+
+    @classmethod
+    def audio(cls) -> Route:
+        """Every position is audio-out: no mask, no host sync (graph-capturable decode step)."""
+        return cls("audio")
+
+    @classmethod
+    def text(cls) -> Route:
+        return cls("text")
+
+
+def routed(x: torch.Tensor, route: Route, text_fn, audio_fn) -> torch.Tensor:
+    """Apply `text_fn` to text positions and `audio_fn` to audio positions of `x` `[B, T, D]`."""
+    if route.mode == "text":
+        return text_fn(x)
+    if route.mode == "audio":
+        return audio_fn(x)
+    flat = x.reshape(-1, x.shape[-1])
+    text_out = text_fn(flat.index_select(0, route.text_idx))
+    audio_out = audio_fn(flat.index_select(0, route.audio_idx))
+    out = flat.new_empty(flat.shape[0], text_out.shape[-1])
+    out.index_copy_(0, route.text_idx, text_out.to(out.dtype))
+    out.index_copy_(0, route.audio_idx, audio_out.to(out.dtype))
+    return out.view(*x.shape[:-1], -1)
+
+
+@dataclass
+class AttentionMasks:
+    """Bool attention masks `[B, 1, T, S]` (True = attend) for one forward, shared by all layers.
+
+    `shared`: causal + padding. `text_only`: also hides audio keys (fast-forward layers).
+    `audio_only`: audio queries see only audio keys (separate audio attention). None means "causal,
+    no padding" (sdpa's fused causal path) for `shared`, and "not needed" for the other two.
+    """
+
+    shared: torch.Tensor | None
+    text_only: torch.Tensor | None = None
+    audio_only: torch.Tensor | None = None
+
+
+class DualFFNLayer(nn.Module):
+    """One decoder layer of kind `dual_ffn`, `fast_forward` or `llama` (module names = checkpoint keys)."""
+
+    def __init__(self, config: HiggsConfig, layer_idx: int, attn_slot: int, kind: LayerKind | None = None):
+        super().__init__()
+        llama = config.to_llama_config()
+        self.kind: LayerKind = kind or config.layer_kind(layer_idx)
+        self.layer_idx = layer_idx
+        self.self_attn = LlamaAttention(llama, layer_idx=attn_slot)
+        self.mlp = LlamaMLP(llama)
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.audio_ffn: Literal["audio", "text", "skip"] = "audio"
+        self.has_audio_attn = self.kind == "dual_ffn" and config.audio_self_attention
+        if self.kind == "dual_ffn":
+            self.audio_mlp = LlamaMLP(llama)
+            self.audio_input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            self.audio_post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        if self.has_audio_attn:
+            # the original numbers this attention's cache slot right after the shared one
+            self.audio_attn = LlamaAttention(llama, layer_idx=attn_slot + 1)
+            self.audio_post_audio_attn_layer_norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    @property
+    def attn_slots(self) -> int:
+        """KV-cache slots this layer uses (2 with a separate audio attention)."""
+        return 2 if self.has_audio_attn else 1
+
+    def _text_ffn(self, h: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.post_attention_layernorm(h))
+
+    def _audio_ffn(self, h: torch.Tensor) -> torch.Tensor:
+        if self.audio_ffn == "skip":
+            return torch.zeros_like(h)
+        if self.audio_ffn == "text":
+            return self._text_ffn(h)
+        return self.audio_mlp(self.audio_post_attention_layernorm(h))
+
+    def _attend(self, attn: LlamaAttention, x, rope, mask, cache) -> torch.Tensor:
+        out, _ = attn(hidden_states=x, position_embeddings=rope, attention_mask=mask, past_key_values=cache)
+        return out
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        route: Route,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        masks: AttentionMasks,
+        cache=None,
+    ) -> torch.Tensor:
+        """`h` `[B, T, D]` → `[B, T, D]`; `rope` = (cos, sin) `[B, T, head_dim]`; `cache` duck-types
+        transformers' `Cache.update(key, value, layer_idx)`."""
+        if (
+            self.kind == "llama"
+            or route.mode == "text"
+            or (self.kind == "fast_forward" and route.mode == "mixed")
+        ):
+            return self._plain(h, route, rope, masks, cache)
+        if self.kind == "fast_forward":  # pure audio: skipped (its cache slots stay hidden by `text_only`)
+            return h
+
+        audio_norm = self.input_layernorm if self.audio_ffn == "text" else self.audio_input_layernorm
+        x = routed(h, route, self.input_layernorm, audio_norm)
+        residual = h
+        if self.has_audio_attn:
+            # audio positions first attend among themselves; their residual and input are updated
+            a = residual + self._attend(self.audio_attn, x, rope, masks.audio_only, cache)
+            is_audio = self._audio_positions(route, h)
+            residual = torch.where(is_audio, a, residual)
+            x = torch.where(is_audio, self.audio_post_audio_attn_layer_norm(a), x)
+        h = residual + self._attend(self.self_attn, x, rope, masks.shared, cache)
+        return h + routed(h, route, self._text_ffn, self._audio_ffn)
+
+    def _plain(self, h, route, rope, masks, cache) -> torch.Tensor:
+        """A Llama layer over all positions; fast-forward layers hide audio keys and keep audio rows."""
+        ff = self.kind == "fast_forward" and route.mode == "mixed"
+        mask = masks.text_only if ff else masks.shared
+        out = h + self._attend(self.self_attn, self.input_layernorm(h), rope, mask, cache)
+        out = out + self._text_ffn(out)
+        if ff:
+            out = torch.where(route.audio_mask.unsqueeze(-1), h, out)
+        return out
+
+    @staticmethod
+    def _audio_positions(route: Route, h: torch.Tensor) -> torch.Tensor:
+        if route.mode == "audio":
+            return torch.ones_like(h[..., :1], dtype=torch.bool)
+        return route.audio_mask.unsqueeze(-1)
