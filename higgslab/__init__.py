@@ -40,4 +40,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'higgslab' has no attribute {name!r}")
 
 
-__all__ = ["HiggsLabError", *_LAZY]
+__all__ = [
+    "AudioTokenizer",
+    "Generator",
+    "HiggsAudioModel",
+    "HiggsConfig",
+    "HiggsLabError",
+    "load_model",
+    "load_tokenizer",
+]
