@@ -1,0 +1,216 @@
+"""The Higgs audio codec as one readable nn.Module (xcodec-style; FORMATS.md §3).
+
+    encode: wav 24 kHz [B, 1, L]
+        ├─ acoustic_encoder (DAC, hop 960) ────────────────────────────► [B, D=256, T]
+        └─ resample 24k→16k → HuBERT → mean of all hidden states → every 2nd frame
+             → encoder_semantic (conv blocks) ──────────────────────────► [B, 768, T]
+        concat → fc_prior (1024→1024) → ResidualVectorQuantizer ─────────► codes [B, n_q, T]
+    decode: codes → sum of the first k levels → fc_post2 (1024→256) → acoustic_decoder (DAC) → [B, 1, T·960]
+
+The DAC encoder/decoder and HuBERT are transformers' own modules (weight norm folded into plain weights);
+the small pieces specific to this codec live here. Parameter names are this module's; `checkpoint.py`
+maps both on-disk layouts onto them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from higgslab.tokenizer.quantizer import ResidualVectorQuantizer
+from higgslab.tokenizer.resample import resample
+
+
+@dataclass
+class CodecConfig:
+    """Geometry of the codec. Defaults are the real `bosonai/higgs-audio-v2-tokenizer`."""
+
+    sample_rate: int = 24000
+    ratios: tuple[int, ...] = (8, 5, 4, 2, 3)  # DAC encoder strides; the decoder uses the same list
+    encoder_width: int = 64  # DAC encoder channels after its first conv (doubled at every stride)
+    latent_dim: int = 256  # D: acoustic latent width
+    decoder_width: int = 1024  # DAC decoder channels after its first conv (halved at every stride)
+    n_q: int = 8
+    bins: int = 1024
+    codebook_dim: int = 64
+    semantic_sample_rate: int = 16000
+    semantic_hop: int = 320  # HuBERT's feature-extractor stride at 16 kHz
+    hubert: dict = field(default_factory=dict)  # transformers HubertConfig kwargs ({} = hubert-base)
+    # semantic conv encoder (xcodec defaults)
+    semantic_kernel: int = 3
+    semantic_strides: tuple[int, ...] = (1, 1)
+    semantic_channel_ratios: tuple[float, ...] = (1, 1)
+    semantic_dilations: tuple[int, ...] = (1, 1)
+    semantic_unit_kernel: int = 3
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.ratios)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def semantic_dim(self) -> int:
+        return self.hubert_config().hidden_size
+
+    @property
+    def semantic_stride(self) -> int:
+        """Keep every n-th HuBERT frame: 960 samples at 24k = 640 at 16k = 2 HuBERT frames."""
+        return int(self.hop_length / (self.sample_rate / self.semantic_sample_rate) / self.semantic_hop)
+
+    def hubert_config(self):
+        from transformers import HubertConfig
+
+        return HubertConfig(**{"mask_time_prob": 0.0, **self.hubert})
+
+    def dac_config(self):
+        from transformers import DacConfig
+
+        return DacConfig(
+            encoder_hidden_size=self.encoder_width,
+            downsampling_ratios=list(self.ratios),
+            decoder_hidden_size=self.decoder_width,
+            upsampling_ratios=list(self.ratios),
+            hidden_size=self.latent_dim,
+        )
+
+
+class SemanticResidualUnit(nn.Module):
+    """x + conv1x1(elu(conv_k(elu(x)))), both convs bias-free."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(
+            channels, channels, kernel, padding=(kernel - 1) // 2 * dilation, dilation=dilation, bias=False
+        )
+        self.conv2 = nn.Conv1d(channels, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.elu(self.conv1(F.elu(x))))
+
+
+class SemanticBlock(nn.Module):
+    """Residual units, then a (possibly strided) conv to `out_ch`."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, cfg: CodecConfig):
+        super().__init__()
+        self.res_units = nn.ModuleList(
+            SemanticResidualUnit(in_ch, cfg.semantic_unit_kernel, d) for d in cfg.semantic_dilations
+        )
+        kernel = 3 if stride == 1 else 2 * stride
+        self.conv = nn.Conv1d(in_ch, out_ch, kernel, stride=stride, padding=(kernel - 1) // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for unit in self.res_units:
+            x = unit(x)
+        return self.conv(x)
+
+
+class SemanticEncoder(nn.Module):
+    """HuBERT features `[B, 768, T]` -> semantic latent `[B, 768·ratio, T/∏strides]` (identity geometry for real)."""
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        dim = cfg.semantic_dim
+        self.conv = nn.Conv1d(dim, dim, cfg.semantic_kernel, padding=cfg.semantic_kernel // 2, bias=False)
+        blocks, ch = [], dim
+        for stride, ratio in zip(cfg.semantic_strides, cfg.semantic_channel_ratios, strict=True):
+            blocks.append(SemanticBlock(ch, int(dim * ratio), stride, cfg))
+            ch = int(dim * ratio)
+        self.conv_blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        for block in self.conv_blocks:
+            x = block(x)
+        return x
+
+
+def conv_output_length(module: nn.Module, length: int) -> int:
+    """Length after every Conv1d inside `module`, in order (valid for the DAC encoder: its residual convs keep length)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv1d):
+            k, s, p, d = m.kernel_size[0], m.stride[0], m.padding[0], m.dilation[0]
+            length = (length + 2 * p - d * (k - 1) - 1) // s + 1
+    return length
+
+
+def build_acoustic(cfg: CodecConfig) -> tuple[nn.Module, nn.Module]:
+    """(DAC encoder, DAC decoder) as in the original: decoder transposed convs get output_padding = stride % 2
+    (so T frames decode to exactly T·hop samples) and there is no final tanh."""
+    from transformers.models.dac.modeling_dac import DacDecoder, DacEncoder
+
+    dac = cfg.dac_config()
+    encoder, decoder = DacEncoder(dac), DacDecoder(dac)
+    for m in decoder.modules():
+        if isinstance(m, nn.ConvTranspose1d):
+            m.output_padding = (m.stride[0] % 2,)
+    decoder.tanh = nn.Identity()
+    return encoder, decoder
+
+
+class HiggsAudioCodec(nn.Module):
+    """All weights of the tokenizer and the tensor-level encode/decode. Inputs are already mono 24 kHz."""
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        from transformers import HubertModel
+
+        self.cfg = cfg
+        self.acoustic_encoder, self.acoustic_decoder = build_acoustic(cfg)
+        self.semantic_model = HubertModel(cfg.hubert_config())
+        self.encoder_semantic = SemanticEncoder(cfg)
+        fused = cfg.latent_dim + cfg.semantic_dim
+        self.fc_prior = nn.Linear(fused, fused)
+        self.quantizer = ResidualVectorQuantizer(fused, cfg.codebook_dim, cfg.bins, cfg.n_q)
+        self.fc_post2 = nn.Linear(fused, cfg.latent_dim)
+        self.eval()
+
+    def semantic_features(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav `[B, 1, L]` at 24 kHz -> semantic latent `[B, 768, T_s]`."""
+        cfg = self.cfg
+        x = resample(wav[:, 0], cfg.sample_rate, cfg.semantic_sample_rate)
+        # half a HuBERT hop on each side centres its frames on multiples of 320 samples (as the original)
+        x = F.pad(x, (cfg.semantic_hop // 2, cfg.semantic_hop // 2))
+        hidden = self.semantic_model(x, output_hidden_states=True).hidden_states  # 1 + layers × [B, T', 768]
+        feats = torch.stack(hidden, dim=1).mean(dim=1)[:, :: cfg.semantic_stride]
+        return self.encoder_semantic(feats.transpose(1, 2))
+
+    def acoustic_features(self, wav: torch.Tensor, frames: int) -> torch.Tensor:
+        """wav `[B, 1, L]` -> acoustic latent `[B, D, frames]`, with the ORIGINAL's length rule (FORMATS.md §3).
+
+        If the unpadded encoder would not give `frames` (the semantic count), the audio is padded by
+        160 × semantic_stride = 320 samples per side (transformers uses hop/2 = 480: other codes), and the
+        longer of the two latents is trimmed afterwards. The unpadded count is computed, not run.
+        """
+        if conv_output_length(self.acoustic_encoder, wav.shape[-1]) != frames:
+            pad = self.cfg.semantic_hop // 2 * self.cfg.semantic_stride
+            wav = F.pad(wav, (pad, pad))
+        return self.acoustic_encoder(wav)
+
+    def latent(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav `[B, 1, L]` -> fused latent `[B, 1024, T]` (the RVQ input)."""
+        semantic = self.semantic_features(wav)
+        acoustic = self.acoustic_features(wav, semantic.shape[-1])
+        frames = min(semantic.shape[-1], acoustic.shape[-1])
+        fused = torch.cat([acoustic[..., :frames], semantic[..., :frames]], dim=1)
+        return self.fc_prior(fused.transpose(1, 2)).transpose(1, 2)
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav `[B, 1, L]` at 24 kHz -> codes `[B, n_q, T]`."""
+        return self.quantizer.encode(self.latent(wav))
+
+    def decoder_input(self, codes: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """codes `[B, n_q, T]` -> DAC decoder input `[B, D, T]` (per frame: no context needed)."""
+        quantized = self.quantizer.decode(codes, k)
+        return self.fc_post2(quantized.transpose(1, 2)).transpose(1, 2)
+
+    def decode(self, codes: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """codes `[B, n_q, T]` -> wav `[B, 1, T·hop]` from the first `k` codebooks."""
+        return self.acoustic_decoder(self.decoder_input(codes, k))
