@@ -80,7 +80,7 @@ class AudioTokenizer:
             )
         return torch.from_numpy(np.stack(mono))[:, None].to(self.device)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode(self, wav: np.ndarray | torch.Tensor, sample_rate: int = 24000) -> torch.Tensor:
         """Audio (see `prepare`) -> codes LongTensor `[n_q, T]`, or `[B, n_q, T]` for a 3-D batch input."""
         x = self.prepare(wav, sample_rate)
@@ -94,7 +94,7 @@ class AudioTokenizer:
         audio, rate = read_audio(path)
         return self.encode(audio, rate)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def trace(self, wav: np.ndarray | torch.Tensor, sample_rate: int = 24000) -> RVQTrace:
         """The quantizer's view of one clip: per-level residuals, chosen-codeword distances, running reconstruction."""
         return self.model.quantizer.trace(self.model.latent(self.prepare(wav, sample_rate)))
@@ -124,7 +124,7 @@ class AudioTokenizer:
             raise HiggsLabError(f"k={k!r} codebooks: choose 1..{self.num_codebooks}")
         return int(k)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def decode(self, codes: np.ndarray | torch.Tensor, k: int | None = None) -> np.ndarray:
         """Codes `[n_q, T]` -> float32 audio `[T·960]` at 24 kHz (`[B, n_q, T]` -> `[B, T·960]`), using the first
         `k` codebooks only (default: all)."""
