@@ -1,0 +1,96 @@
+"""Per-codebook sampling of one audio column from logits `[B, n_q, V]` (V = 1026: codes + stream bos/eos).
+
+Greedy at temperature 0; otherwise temperature → top-k → top-p (transformers' order and semantics), then a
+draw by the exponential race: argmax(p / e) with e ~ Exp(1) picks token i with probability p_i, like
+`torch.multinomial`, but with static shapes and no host sync, from a seeded `torch.Generator` on the
+logits' device. So a decode step can be captured in a CUDA/NPU graph and the same seed gives the same codes.
+
+Repetition-aware sampling (RAS), as the original `_sample_audio_tokens` does it: after the draw, a codebook
+whose drawn token already appears >= `ras_max_repeat` times among its last `window` emitted tokens is
+redrawn from softmax of the RAW logits (no temperature, no top-k/top-p). The window holds the columns as
+emitted, stream bos/eos included, and RAS runs before the delay forcing (`delay.force`), so codebooks not
+open yet spend draws too. As in the original, RAS also applies at temperature 0: greedy output is then
+seed-dependent when a repetition triggers; turn RAS off (no history / window 0) for seed-free greedy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from higgslab.errors import HiggsLabError
+
+
+def check_settings(temperature: float, top_k: int, top_p: float, ras_max_repeat: int = 2) -> None:
+    """Raise a one-line `HiggsLabError` for settings outside their range."""
+    if not temperature >= 0:
+        raise HiggsLabError(f"temperature must be >= 0, got {temperature}")
+    if top_k < 0:
+        raise HiggsLabError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise HiggsLabError(f"top_p must be in (0, 1], got {top_p}")
+    if ras_max_repeat < 1:
+        raise HiggsLabError(f"ras_max_repeat must be >= 1, got {ras_max_repeat}")
+
+
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A `torch.Generator` on `device` seeded with `seed` (draws stay on the device)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """Temperature, then top-k, then top-p on `[..., V]` logits; removed tokens become -inf.
+
+    top-k keeps every token scoring at least the k-th best (ties kept, as transformers); top-p keeps the
+    smallest set of most likely tokens whose probability sums to >= top_p, never fewer than one.
+    """
+    scores = logits / temperature
+    if 0 < top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        ascending, order = scores.sort(dim=-1)
+        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= 1 - top_p
+        drop[..., -1] = False  # the most likely token always stays
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return scores
+
+
+def race(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one index per row of `[..., V]` probabilities: argmax(p / Exp(1) noise) → `[...]`."""
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 0.3,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    history: torch.Tensor | None = None,
+    ras_max_repeat: int = 2,
+    ras_window: int | None = None,
+) -> torch.Tensor:
+    """One column `[B, n_q]` from logits `[B, n_q, V]`.
+
+    history: `[B, W, n_q]`, the last emitted columns (stream tokens included) for RAS; None or W = 0 → off.
+    ras_window: if given, only the last `ras_window` columns of `history` count (0 → off).
+    Draws: the main draw (skipped at temperature 0), then, with RAS on, one redraw for every codebook
+    (used only where it triggers), so the random stream advances the same way every step.
+    """
+    check_settings(temperature, top_k, top_p, ras_max_repeat)
+    logits = logits.float()
+    if temperature == 0:
+        tokens = logits.argmax(dim=-1)
+    else:
+        tokens = race(filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1), generator)
+    if ras_window is not None and history is not None:
+        history = history[:, history.shape[1] - min(ras_window, history.shape[1]) :]
+    if history is None or history.shape[1] == 0:
+        return tokens
+    repeats = (history == tokens[:, None, :]).sum(dim=1)
+    redrawn = race(logits.softmax(dim=-1), generator)
+    return torch.where(repeats >= ras_max_repeat, redrawn, tokens)

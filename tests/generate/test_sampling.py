@@ -1,0 +1,122 @@
+"""Sampling: greedy, seeded exponential race, top-k/top-p as transformers, RAS as the original."""
+
+import pytest
+import torch
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+from higgslab.errors import HiggsLabError
+from higgslab.generate import sampling
+from tests.test_delay import host_sync_ops
+
+V = 1026
+
+
+def peaked(values: list[float], rows: int = 1, n_q: int = 1, vocab: int = 16) -> torch.Tensor:
+    """Logits `[rows, n_q, vocab]`: the given values on tokens 0.., the rest far below (small vocab: fast)."""
+    logits = torch.full((vocab,), -30.0)
+    logits[: len(values)] = torch.tensor(values)
+    return logits.expand(rows, n_q, vocab).clone()
+
+
+def frequencies(tokens: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.bincount(tokens.flatten(), minlength=V)[:n].float() / tokens.numel()
+
+
+def test_greedy_is_argmax_and_ignores_the_seed():
+    logits = torch.randn(3, 8, V)
+    a = sampling.sample(logits, temperature=0, generator=sampling.seeded_generator(1))
+    b = sampling.sample(logits, temperature=0, generator=sampling.seeded_generator(2), top_k=5, top_p=0.5)
+    assert torch.equal(a, logits.argmax(-1)) and torch.equal(a, b)
+
+
+def test_same_seed_same_codes_other_seed_other_codes():
+    logits = torch.randn(4, 8, V)
+
+    def draw(seed):
+        return sampling.sample(logits, temperature=1.0, generator=sampling.seeded_generator(seed))
+
+    assert torch.equal(draw(7), draw(7))
+    assert not torch.equal(draw(7), draw(8))
+
+
+def test_draws_follow_the_tempered_distribution():
+    logits = peaked([2.0, 1.0, 0.0, -1.0], rows=20000)
+    tokens = sampling.sample(logits, temperature=0.7, generator=sampling.seeded_generator(0))
+    expected = (logits[0, 0, :4] / 0.7).softmax(-1)
+    assert (frequencies(tokens, 4) - expected).abs().max() < 0.015
+
+
+def test_top_k_and_top_p_draw_only_from_the_kept_set():
+    logits = peaked([3.0, 2.9, 2.8, 2.7, 2.6], rows=5000)
+    assert (
+        sampling.sample(logits, temperature=1.0, top_k=2, generator=sampling.seeded_generator(0)).max() == 1
+    )
+    probs = logits[0, 0].softmax(-1)  # ~0.24, 0.22, 0.20, 0.18, 0.16: 0.5 needs three tokens
+    assert probs[:2].sum() < 0.5 < probs[:3].sum()
+    tokens = sampling.sample(logits, temperature=1.0, top_p=0.5, generator=sampling.seeded_generator(0))
+    assert tokens.max() == 2
+    assert (frequencies(tokens, 3) - probs[:3] / probs[:3].sum()).abs().max() < 0.03
+
+
+@pytest.mark.parametrize("top_k,top_p", [(1, 1.0), (50, 1.0), (0, 0.95), (0, 0.3), (50, 0.95), (3, 0.01)])
+def test_masks_match_transformers_warpers(top_k, top_p):
+    logits = torch.randn(6, 8, V) * 3
+    logits[0, 0, :4] = 5.0  # ties at the top-k boundary are kept by both
+    ours = sampling.filter_logits(logits, 0.8, top_k, top_p).isinf()
+    scores = logits.view(-1, V) / 0.8
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    assert torch.equal(ours, scores.isinf().view(6, 8, V))
+    assert (~ours).sum(-1).min() >= 1
+
+
+def test_ras_redraws_from_the_raw_distribution_when_the_code_repeats():
+    logits = peaked([1.0, 0.0], rows=20000)
+    history = torch.tensor([0, 5, 0, 9])[None, :, None].expand(20000, 4, 1)  # token 0 twice in the window
+    tokens = sampling.sample(
+        logits, temperature=0.1, top_k=1, generator=sampling.seeded_generator(0), history=history
+    )
+    raw = logits[0, 0, :2].softmax(-1)  # untempered, top-k not applied: token 1 comes back ~27% of the time
+    assert (frequencies(tokens, 2) - raw).abs().max() < 0.015
+
+
+def test_ras_does_not_trigger_below_max_repeat_or_outside_the_window():
+    logits = peaked([1.0, 0.0], rows=2000)
+    once = torch.tensor([0, 5, 6, 9])[None, :, None].expand(2000, 4, 1)
+    gen = sampling.seeded_generator(0)
+    assert sampling.sample(logits, temperature=0, generator=gen, history=once).eq(0).all()
+    old = torch.tensor([0, 0, 6, 9])[None, :, None].expand(2000, 4, 1)  # the repeats are 3-4 columns back
+    assert sampling.sample(logits, temperature=0, generator=gen, history=old, ras_window=2).eq(0).all()
+    assert sampling.sample(logits, temperature=0, generator=gen, history=old, ras_window=0).eq(0).all()
+    assert not sampling.sample(logits, temperature=0, generator=gen, history=old).eq(0).all()
+    assert sampling.sample(logits, temperature=0, generator=gen, history=old, ras_max_repeat=3).eq(0).all()
+
+
+def test_ras_counts_stream_tokens_per_codebook():
+    logits = torch.zeros(3000, 2, V)
+    logits[:, :, 1024] = 5.0  # both codebooks want stream-bos
+    history = torch.tensor([[1024, 7], [1024, 7]]).expand(3000, 2, 2)  # only codebook 0 saw bos twice
+    tokens = sampling.sample(logits, temperature=0, generator=sampling.seeded_generator(0), history=history)
+    assert tokens[:, 1].eq(1024).all()
+    redrawn_bos = logits[0, 0].softmax(-1)[1024]  # ~0.13: redrawn from the raw distribution
+    assert (tokens[:, 0].eq(1024).float().mean() - redrawn_bos).abs() < 0.02
+
+
+def test_sample_has_no_host_sync():
+    logits = torch.randn(2, 8, V)
+    history = torch.randint(0, V, (2, 7, 8))
+    gen = sampling.seeded_generator(0)
+    assert host_sync_ops(sampling.sample, logits, 0.7, 50, 0.95, gen, history) == set()
+
+
+@pytest.mark.parametrize(
+    "kw,word",
+    [({"temperature": -0.1}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p")]
+    + [({"top_k": -1}, "top_k"), ({"ras_max_repeat": 0}, "ras_max_repeat")],
+)
+def test_bad_settings_raise_one_line(kw, word):
+    with pytest.raises(HiggsLabError, match=word) as e:
+        sampling.sample(torch.randn(1, 8, V), **kw)
+    assert "\n" not in str(e.value)
