@@ -52,7 +52,12 @@ def hf_tokenizer_class():
         stub.functional.resample = stub_resample
         sys.modules["torchaudio"] = stub
         sys.modules["torchaudio.functional"] = stub.functional
-    from transformers import HiggsAudioV2TokenizerModel
+    from transformers.utils import import_utils
+
+    import_utils.is_torchaudio_available.cache_clear()  # it may have been asked (and cached False) before
+    from transformers.models.higgs_audio_v2_tokenizer.modeling_higgs_audio_v2_tokenizer import (
+        HiggsAudioV2TokenizerModel,
+    )
 
     return HiggsAudioV2TokenizerModel
 
