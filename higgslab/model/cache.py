@@ -38,6 +38,11 @@ class StaticKVCache:
         self.length = torch.zeros((), dtype=torch.long, device=device)  # slots used, same for all rows
         self.write_pos = torch.zeros(1, dtype=torch.long, device=device)
         self.max_len = max_len
+        # The host knows how many positions are used without asking the device. Eager decoding attends
+        # to that prefix only; `static=True` (graph capture) attends to all `max_len` slots, masked.
+        self.used = 0
+        self.static = False
+        self.padded = False  # some row has padding slots: eager steps then need a mask
 
     @property
     def batch(self) -> int:
@@ -52,12 +57,25 @@ class StaticKVCache:
         self.valid.index_copy_(1, self.write_pos, valid)
         self.is_audio.index_copy_(1, self.write_pos, is_audio)
         self.length += n
+        self.used += n
+        if not self.static and not self.padded:
+            self.padded = not bool(valid.all())  # a host sync, but only eager prefills ever pay it
+
+    @property
+    def span(self) -> int:
+        """How many slots attention looks at: the used prefix, or all of them when static."""
+        return self.max_len if self.static else self.used
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """transformers' `Cache.update` contract: store `[B, H, n, D]`, return the whole slot."""
-        self.keys[layer_idx].index_copy_(2, self.write_pos, key)
-        self.values[layer_idx].index_copy_(2, self.write_pos, value)
-        return self.keys[layer_idx], self.values[layer_idx]
+        if self.static:
+            self.keys[layer_idx].index_copy_(2, self.write_pos, key)
+            self.values[layer_idx].index_copy_(2, self.write_pos, value)
+        else:  # the host knows where: a plain slice copy is several times cheaper
+            start = self.used - key.shape[2]
+            self.keys[layer_idx, :, :, start : self.used] = key
+            self.values[layer_idx, :, :, start : self.used] = value
+        return self.keys[layer_idx, :, :, : self.span], self.values[layer_idx, :, :, : self.span]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return int(self.length)
@@ -65,3 +83,5 @@ class StaticKVCache:
     def reset(self) -> None:
         for t in (self.valid, self.is_audio, self.seen, self.length):
             t.zero_()
+        self.used = 0
+        self.padded = False

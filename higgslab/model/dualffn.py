@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
 
@@ -68,6 +69,27 @@ class Route:
     @classmethod
     def text(cls) -> Route:
         return cls("text")
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """`layer(x)` for 2-D `x`: a bare matmul against the weight's transposed view (F.linear's 3-D
+    handling costs more than the product itself at decode-step sizes)."""
+    if layer.bias is not None:
+        return F.linear(x, layer.weight, layer.bias)
+    return torch.mm(x, layer.weight.t())
+
+
+def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, op for op (normalise in float32, cast back, then scale)."""
+    xf = x.float()
+    return norm.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)).to(
+        x.dtype
+    )
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def routed(x: torch.Tensor, route: Route, text_fn, audio_fn) -> torch.Tensor:
@@ -181,6 +203,38 @@ class DualFFNLayer(nn.Module):
         if ff:
             out = torch.where(route.audio_mask.unsqueeze(-1), h, out)
         return out
+
+    def decode_audio(self, h: torch.Tensor, rope, mask: torch.Tensor, cache, audio_mask=None) -> torch.Tensor:
+        """The decode-step fast path: one audio position per row, `h` `[B, D]` → `[B, D]`.
+
+        Same math as `forward` with `Route.audio()`, in as few ops as possible (at small widths a decode
+        step is all dispatch overhead): 2-D matmuls against transposed weight views, attention with the
+        query heads that share a key/value head folded into the query length (no key/value repeat),
+        the cache written in place. `rope` = (cos, sin) `[B, head_dim]`.
+        """
+        if self.kind == "fast_forward":
+            return h
+        if self.has_audio_attn or self.audio_ffn != "audio" or self.kind == "llama":
+            masks = AttentionMasks(shared=mask, audio_only=audio_mask)
+            cos, sin = (t[:, None] for t in rope)
+            return self.forward(h[:, None], Route.audio(), (cos, sin), masks, cache)[:, 0]
+        h = h + self._decode_attention(_rms_norm(h, self.audio_input_layernorm), rope, mask, cache)
+        mlp = self.audio_mlp
+        x = _rms_norm(h, self.audio_post_attention_layernorm)
+        return h + _linear(mlp.act_fn(_linear(x, mlp.gate_proj)) * _linear(x, mlp.up_proj), mlp.down_proj)
+
+    def _decode_attention(self, x, rope, mask, cache) -> torch.Tensor:
+        attn = self.self_attn
+        B, D = x.shape[0], attn.head_dim
+        cos, sin = (t[:, None] for t in rope)  # [B, 1, D]
+        q = _linear(x, attn.q_proj).view(B, -1, D)  # [B, H, D]
+        k = _linear(x, attn.k_proj).view(B, -1, D)  # [B, H_kv, D]
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        keys, values = cache.update(k[:, :, None], _linear(x, attn.v_proj).view(B, -1, 1, D), attn.layer_idx)
+        # the query heads sharing a key/value head become that head's query rows: [B, H_kv, n_rep, D]
+        q = q.view(B, keys.shape[1], -1, D)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)
+        return _linear(out.reshape(B, -1), attn.o_proj)
 
     @staticmethod
     def _audio_positions(route: Route, h: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ class Rotary(LlamaRotaryEmbedding):
     (a bf16 `inv_freq` shifts every rotary angle: FORMATS.md §9)."""
 
     def _apply(self, fn, recurse=True):
-        keep = {name: buf for name, buf in self._buffers.items() if buf is not None}
+        keep = {name: buf for name, buf in self._buffers.items() if buf is not None and not buf.is_meta}
         super()._apply(fn, recurse)
         for name, buf in keep.items():
             self._buffers[name] = buf.to(device=self._buffers[name].device, dtype=torch.float32)
@@ -130,7 +130,7 @@ class HiggsAudioModel(nn.Module):
         if cache is not None:
             cache.begin(T, valid, is_audio_out)
             cache.seen += valid.long().sum(1)
-            key_valid, key_audio = cache.valid, cache.is_audio
+            key_valid, key_audio = cache.valid[:, : cache.span], cache.is_audio[:, : cache.span]
             query_at = cache.write_pos
         else:
             key_valid, key_audio, query_at = valid, is_audio_out, torch.arange(T, device=h.device)
@@ -218,15 +218,21 @@ class HiggsAudioModel(nn.Module):
         attention mask is the cache's `valid` row (everything written so far), the write position lives
         on the device.
         """
-        h = self.embed_codes(codes)[:, None]  # [B, 1, D]
+        h = self.embed_codes(codes)  # [B, D]
         ones = torch.ones(codes.shape[0], 1, dtype=torch.bool, device=codes.device)
         position_ids = cache.seen[:, None].clone()
         cache.begin(1, ones, ones)
         cache.seen += 1
-        shared = cache.valid[:, None, None, :]
-        masks = AttentionMasks(shared=shared, audio_only=(cache.valid & cache.is_audio)[:, None, None, :])
-        rope = self.rotary(h, position_ids)
-        route = Route.audio()
+        valid = cache.valid[:, : cache.span]
+        # eager and unpadded, every slot in the span is a real earlier token: no mask (sdpa's fast path)
+        mask = valid[:, None, None, :] if cache.static or cache.padded else None
+        audio_mask = (
+            (valid & cache.is_audio[:, : cache.span])[:, None, None, :]
+            if self.config.audio_self_attention
+            else None
+        )
+        cos, sin = self.rotary(h, position_ids)
+        rope = (cos[:, 0], sin[:, 0])  # [B, head_dim]
         for layer in self.layers:
-            h = layer(h, route, rope, masks, cache)
-        return self.audio_logits(self.norm(h))[:, 0]
+            h = layer.decode_audio(h, rope, mask, cache, audio_mask)
+        return self.audio_logits(self.norm(h))
