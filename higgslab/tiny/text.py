@@ -60,7 +60,9 @@ def _train_bpe(merges: int) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + merges, initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(alphabet) + merges, initial_alphabet=alphabet, show_progress=False
+    )
     tok.train_from_iterator(TRAINING_TEXT.splitlines() * 4, trainer)
     return tok
 
@@ -82,13 +84,18 @@ def write_tiny_text_tokenizer(directory: str | Path, merges: int = 300) -> Path:
     # Llama-3 prepends <|begin_of_text|> when asked for special tokens
     spec["post_processor"] = {
         "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "single": [
+            {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+        ],
         "pair": [
             {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
             {"Sequence": {"id": "A", "type_id": 0}},
             {"Sequence": {"id": "B", "type_id": 1}},
         ],
-        "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000], "tokens": ["<|begin_of_text|>"]}},
+        "special_tokens": {
+            "<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000], "tokens": ["<|begin_of_text|>"]}
+        },
     }
     (directory / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
     special_map = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}
