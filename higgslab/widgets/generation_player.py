@@ -1,0 +1,127 @@
+"""GenerationPlayer: text, scene and sampling settings in, streamed audio out, then the whole WAV with a
+download link and the run's timing."""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import numpy as np
+
+from higgslab.errors import HiggsLabError
+from higgslab.widgets.media import download_link, wav_bytes
+
+WIDE = {"description_width": "initial"}
+
+
+class GenerationPlayer(widgets.VBox):
+    """Parts: `text`, `scene`, `seed`, `temperature`, `top_k`, `top_p`, `max_new_tokens`, `button`,
+    `progress` (frames so far), `stream_player` (the newest chunk, autoplaying), `player` (the final
+    WAV), `download` (an HTML link), `status`. After a press: `chunks` (audio as it arrived) and `result`
+    (`Generator.last_result`; `result.audio` is the concatenated chunks). `button.click()` runs it."""
+
+    def __init__(self, generator, text: str = "Hello from higgslab.", chunk_frames: int = 25, **defaults):
+        self.generator = generator
+        self.chunk_frames = chunk_frames
+        d = {
+            "seed": 1,
+            "temperature": 0.3,
+            "top_k": 50,
+            "top_p": 0.95,
+            "max_new_tokens": 200,
+            "ras_window": 7,
+        }
+        d.update({k: v for k, v in defaults.items() if k in d and v is not None})
+        self.ras_window = d["ras_window"]
+        self.text = widgets.Textarea(value=text, description="text", layout=widgets.Layout(width="95%"))
+        self.scene = widgets.Text(
+            value="",
+            description="scene",
+            placeholder="Audio is recorded from a quiet room.",
+            layout=widgets.Layout(width="95%"),
+        )
+        self.seed = widgets.IntText(value=d["seed"], description="seed")
+        self.temperature = widgets.FloatSlider(
+            value=d["temperature"], min=0, max=1.5, step=0.05, description="temperature", style=WIDE
+        )
+        self.top_k = widgets.IntSlider(value=d["top_k"], min=0, max=200, description="top-k")
+        self.top_p = widgets.FloatSlider(value=d["top_p"], min=0.05, max=1, step=0.05, description="top-p")
+        self.max_new_tokens = widgets.IntText(value=d["max_new_tokens"], description="max steps", style=WIDE)
+        self.button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="frames")
+        self.stream_player = widgets.Audio(format="wav", autoplay=True)
+        self.player = widgets.Audio(format="wav", autoplay=False)
+        self.download = widgets.HTML()
+        self.status = widgets.HTML()
+        self.chunks: list[np.ndarray] = []
+        self.result = None
+        self.button.on_click(lambda _: self.generate())
+        settings = widgets.HBox(
+            [
+                widgets.VBox([self.seed, self.max_new_tokens]),
+                widgets.VBox([self.temperature, self.top_k, self.top_p]),
+            ]
+        )
+        super().__init__(
+            [
+                self.text,
+                self.scene,
+                settings,
+                widgets.HBox([self.button, self.progress]),
+                widgets.HBox([widgets.Label("streaming"), self.stream_player]),
+                widgets.HBox([widgets.Label("final"), self.player, self.download]),
+                self.status,
+            ]
+        )
+
+    def generate(self) -> None:
+        """Run one generation with the current settings, updating the parts as chunks arrive."""
+        gen, rate = self.generator, self._sample_rate()
+        n_q = gen.config.num_codebooks
+        hop = rate // 25
+        self.chunks, self.result = [], None
+        self.progress.max = max(self.max_new_tokens.value - n_q, 1)
+        self.progress.value, self.progress.bar_style = 0, ""
+        self.button.disabled = True
+        self.status.value = "generating…"
+        try:
+            for chunk in gen.stream(
+                text=self.text.value,
+                scene=self.scene.value or None,
+                chunk_frames=self.chunk_frames,
+                max_new_tokens=self.max_new_tokens.value,
+                seed=self.seed.value,
+                temperature=self.temperature.value,
+                top_k=self.top_k.value,
+                top_p=self.top_p.value,
+                ras_window=self.ras_window,
+            ):
+                self.chunks.append(np.asarray(chunk, dtype=np.float32))
+                self.stream_player.value = wav_bytes(self.chunks[-1], rate)
+                self.progress.value = min(sum(len(c) for c in self.chunks) // hop, self.progress.max)
+        except HiggsLabError as e:
+            self.status.value = f"<span style='color:#d62728'>error: {e}</span>"
+            return
+        finally:
+            self.button.disabled = False
+        self._show(gen.last_result, rate)
+
+    def _show(self, result, rate: int) -> None:
+        audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+        result.audio = audio
+        self.result = result
+        data = wav_bytes(audio, rate)
+        self.player.value = data
+        self.download.value = download_link(data, f"higgslab_seed{self.seed.value}.wav")
+        self.progress.value, self.progress.bar_style = self.progress.max, "success"
+        s = result.stats
+        first = "–" if s.time_to_first_audio_s is None else f"{s.time_to_first_audio_s:.2f} s"
+        self.status.value = (
+            f"{result.codes.shape[1]} frames = {len(audio) / rate:.2f} s of audio; {s.steps} steps; "
+            f"prefill {s.prefill_s:.2f} s, decode {s.decode_s:.2f} s ({s.frames_per_s:.1f} steps/s), "
+            f"first audio after {first}; {'finished' if result.finished else 'hit max steps'}"
+        )
+
+    def _sample_rate(self) -> int:
+        tok = self.generator.audio_tokenizer
+        if tok is None:
+            raise HiggsLabError("GenerationPlayer needs a Generator with an audio tokenizer (tokenizer_path)")
+        return tok.sample_rate
