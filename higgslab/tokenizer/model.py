@@ -141,10 +141,26 @@ def conv_output_length(module: nn.Module, length: int) -> int:
     return length
 
 
+class Snake(nn.Module):
+    """Snake activation x + sin²(αx)/α, per channel. Same numbers as transformers' `Snake1d` (same operations in
+    the same order), but without grad it reuses one buffer instead of five: the DAC spends much of its time here."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inv_alpha = (self.alpha + 1e-9).reciprocal()
+        if torch.is_grad_enabled():
+            return x + inv_alpha * torch.sin(self.alpha * x).pow(2)
+        return (self.alpha * x).sin_().pow_(2).mul_(inv_alpha).add_(x)
+
+
 def build_acoustic(cfg: CodecConfig) -> tuple[nn.Module, nn.Module]:
     """(DAC encoder, DAC decoder) as in the original: decoder transposed convs get output_padding = stride % 2
-    (so T frames decode to exactly T·hop samples) and there is no final tanh."""
-    from transformers.models.dac.modeling_dac import DacDecoder, DacEncoder
+    (so T frames decode to exactly T·hop samples) and there is no final tanh. transformers' Snake1d modules
+    are swapped for `Snake` (same parameter, same numbers, less memory traffic)."""
+    from transformers.models.dac.modeling_dac import DacDecoder, DacEncoder, Snake1d
 
     dac = cfg.dac_config()
     encoder, decoder = DacEncoder(dac), DacDecoder(dac)
@@ -152,6 +168,10 @@ def build_acoustic(cfg: CodecConfig) -> tuple[nn.Module, nn.Module]:
         if isinstance(m, nn.ConvTranspose1d):
             m.output_padding = (m.stride[0] % 2,)
     decoder.tanh = nn.Identity()
+    for parent in list(encoder.modules()) + list(decoder.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, Snake1d):
+                setattr(parent, name, Snake(child.alpha.shape[1]))
     return encoder, decoder
 
 
