@@ -94,6 +94,8 @@ class GenerationPlayer(widgets.VBox):
                 top_p=self.top_p.value,
                 ras_window=self.ras_window,
             ):
+                if not len(chunk):  # the streaming decoder's lookahead can hold the first frames back
+                    continue
                 self.chunks.append(np.asarray(chunk, dtype=np.float32))
                 self.stream_player.value = wav_bytes(self.chunks[-1], rate)
                 self.progress.value = min(sum(len(c) for c in self.chunks) // hop, self.progress.max)

@@ -57,7 +57,7 @@ def test_token_stream_viewer_steps_through_columns():
 
 
 def test_generation_player_streams_then_offers_the_wav(generator):
-    player = GenerationPlayer(generator, text="Hello there.", chunk_frames=2, max_new_tokens=48)
+    player = GenerationPlayer(generator, text="Hello from higgslab.", chunk_frames=5, max_new_tokens=48)
     assert player.result is None and not player.player.value
     player.button.click()
     assert player.result is not None and len(player.chunks) >= 2, player.status.value
