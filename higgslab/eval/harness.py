@@ -7,7 +7,7 @@ fail. `generator_fn` wraps a real `higgslab.Generator`.
 
 from __future__ import annotations
 
-import platform
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -42,28 +42,34 @@ def generator_fn(
         if text not in prompts:  # tokenise (and encode the reference clip) once per text
             prompts[text] = gen.prompt(text, scene, ref_audio, ref_text)
         ids, codes = prompts[text]
-        return gen.generate(
+        clip = gen.generate(
             ids,
             audio_codes=codes,
             seed=seed,
             temperature=temperature,
             max_new_tokens=max_new_tokens,
+            decode_audio=False,
             **sampling,
         )
+        # decoded here, not by `generate`: a clip with no complete frame is a failed check, not an error
+        t0 = time.perf_counter()
+        clip.audio = (
+            gen.audio_tokenizer.decode(clip.codes) if clip.codes.shape[-1] else np.zeros(0, np.float32)
+        )
+        clip.stats.audio_decode_s = time.perf_counter() - t0
+        return clip
 
     return generate
 
 
 def device_name(device: str) -> str:
-    """A human name for the device a run used: the GPU's model, or the CPU's."""
+    """A human name for the device a run used: the accelerator's product name, or the CPU's model."""
+    from higgslab.device import device_name as backend_name
+
     dev = torch.device(device)
-    if dev.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(dev)
-    if dev.type == "cpu":
-        cpuinfo = Path("/proc/cpuinfo")
-        if cpuinfo.is_file():
-            for line in cpuinfo.read_text().splitlines():
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-        return platform.processor() or platform.machine()
-    return str(dev)
+    cpuinfo = Path("/proc/cpuinfo")
+    if dev.type == "cpu" and cpuinfo.is_file():  # platform.processor() is often empty on Linux
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return backend_name(dev)
