@@ -1,0 +1,143 @@
+"""Decode speed: higgslab's Generator vs transformers' HiggsAudioV2 `generate`, same random weights, one run.
+
+    python bench/generate_speed.py [--configs overhead mid real] [--steps 8 40]
+
+Greedy, stream-eos rows of the audio head zeroed so that both run every step. The time per decode step
+is the difference between a long and a short run divided by the extra steps, so prefill and set-up
+cancel out. Prints ms/step for both and the ratio (transformers / higgslab: > 1 means higgslab is
+faster), and for every config the effective GB/s of weights read per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from higgslab.config import HiggsConfig
+from higgslab.generate.generator import Generator
+from higgslab.model.lm import HiggsAudioModel
+
+CONFIGS = {
+    # name: (hidden, layers, heads, kv_heads, intermediate, dtype, target ratio)
+    "overhead": (64, 28, 4, 2, 128, torch.float32, 3.0),
+    "mid": (1024, 8, 16, 4, 2816, torch.float32, 1.3),
+    "real": (3072, 28, 24, 8, 8192, torch.bfloat16, 1.0),
+}
+PROMPT = torch.tensor(
+    [128000, 128006, 9125, 128007, 271, 5, 6, 7, 128009, 128006, 78191, 128007, 271, 128013]
+)
+
+
+def build(name: str):
+    """Our model with random weights, and transformers' model sharing the very same tensors."""
+    from transformers import HiggsAudioV2ForConditionalGeneration
+    from transformers.models.higgs_audio_v2.modeling_higgs_audio_v2 import HiggsAudioV2RotaryEmbedding
+
+    from higgslab.io.checkpoints import from_canonical
+    from higgslab.tiny.model import REAL_ROPE, tiny_hf_config
+
+    hidden, layers, heads, kv, inter, dtype, _ = CONFIGS[name]
+    hf_config = tiny_hf_config(hidden=hidden, layers=layers, heads=heads, kv_heads=kv, intermediate=inter)
+    hf_config.rope_parameters = dict(REAL_ROPE)
+    config = HiggsConfig.from_dict(json_dict(hf_config))
+    with torch.device("meta"):
+        ours = HiggsAudioModel(config, text_head=False)
+        theirs = HiggsAudioV2ForConditionalGeneration(hf_config)
+    ours = ours.to_empty(device="cpu").to(dtype)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in ours.named_parameters():
+            if n.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(0.02).to(dtype))
+        ours.audio_head.weight.view(8, 1026, -1)[:, 1025] = 0  # no stream-eos: every step runs
+    ours.materialize_buffers()
+    shared = {from_canonical(k, "transformers"): v for k, v in ours.state_dict().items()}
+    theirs.load_state_dict(shared, strict=True, assign=True)
+    theirs.model.rotary_emb = HiggsAudioV2RotaryEmbedding(hf_config)  # float32 frequencies, on the CPU
+    theirs.model.embed_audio_tokens.audio_tokens_offsets = torch.arange(8) * 1026
+    return ours.eval(), theirs.eval()
+
+
+def json_dict(hf_config) -> dict:
+    import json
+
+    return json.loads(hf_config.to_json_string())
+
+
+def per_step(runs: dict, short: int, long: int, repeats: int = 3) -> dict[str, float]:
+    """Seconds per extra decode step between a `short` and a `long` run, for each of `runs` (name → fn(n)).
+
+    The runs are interleaved and each keeps its best: on a shared machine every contender then sees the
+    same background load, so the ratio stays meaningful even when the absolute times wobble."""
+    for run in runs.values():
+        run(short)  # warm-up (and compilation)
+    best = {name: [float("inf"), float("inf")] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            for i, n in enumerate((short, long)):
+                t0 = time.perf_counter()
+                run(n)
+                best[name][i] = min(best[name][i], time.perf_counter() - t0)
+    return {name: (b[1] - b[0]) / (long - short) for name, b in best.items()}
+
+
+def weight_bytes_per_step(model: HiggsAudioModel) -> int:
+    """Weights an audio decode step reads: attention, audio norms + FFNs, final norm, audio head."""
+    n = model.audio_head.weight.numel() + model.norm.weight.numel()
+    for layer in model.layers:
+        n += sum(p.numel() for p in layer.self_attn.parameters())
+        n += sum(p.numel() for name, p in layer.named_parameters() if name.startswith("audio_"))
+    return n * model.dtype.itemsize
+
+
+def measure(name: str, short: int, long: int, compile: bool) -> None:
+    ours, theirs = build(name)
+    target = CONFIGS[name][-1]
+    eager = Generator(ours)
+    runs = {
+        "transformers": lambda n: theirs.generate(input_ids=PROMPT[None], max_new_tokens=n, do_sample=False)
+    }
+    runs["higgslab"] = lambda n: eager.generate(PROMPT, max_new_tokens=n, temperature=0, ras_window=0)
+    if compile:
+        compiled = Generator(ours, compile=True)
+        runs["higgslab compiled"] = lambda n: compiled.generate(
+            PROMPT, max_new_tokens=n, temperature=0, ras_window=0
+        )
+    with torch.inference_mode():
+        reference = theirs.generate(input_ids=PROMPT[None], max_new_tokens=short + 9, do_sample=False)[0].T
+        same = torch.equal(eager.generate(PROMPT, max_new_tokens=short + 9, temperature=0).columns, reference)
+        times = per_step(runs, short, long)
+    t_ref = times.pop("transformers")
+    print(f"{name:9s} transformers {t_ref * 1e3:8.2f} ms/step  (same greedy codes as higgslab: {same})")
+    for label, t in times.items():
+        ratio = t_ref / t
+        gbs = weight_bytes_per_step(ours) / t / 1e9
+        verdict = "meets" if ratio >= target else "MISSES"
+        print(
+            f"{'':9s} {label:20s} {t * 1e3:8.2f} ms/step | ratio {ratio:5.2f}x (target >= {target}x: {verdict})"
+            f" | {gbs:6.2f} GB/s of weights",
+            flush=True,
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=["overhead", "mid"], choices=list(CONFIGS))
+    p.add_argument("--steps", nargs=2, type=int, default=[8, 40], metavar=("SHORT", "LONG"))
+    p.add_argument(
+        "--compile", action="store_true", help="also measure higgslab with the compiled decode step"
+    )
+    args = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name in args.configs:
+        short, long = args.steps if name != "real" else (4, 12)
+        for compile in (False, True) if args.compile else (False,):
+            measure(name, short, long, compile)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,464 @@
+"""`Generator`: prompt → prefill → KV-cached audio decode → codes → audio, one-shot or streaming.
+
+The LM (`model.lm`) knows nothing of generation; this file owns the loop. One decode step is
+`model.decode_audio_step` → `sampling.sample` → `delay.force`: fixed shapes, device tensors only, so
+that the whole step can be compiled once (`compile=True`) and, on CUDA, captured as a graph and replayed
+(`compile="reduce-overhead"`: torch.compile's CUDA graphs). The host looks
+at the device only every `sync_every` steps (to stop when every row has closed its codebooks) and when
+streaming hands out frames.
+
+Temperature 0 is greedy and seed-independent: repetition-aware sampling (a random redraw) is applied
+only when sampling (the original also redraws at temperature 0, which makes its "greedy" seed-dependent).
+
+Counting: `max_new_tokens` counts LM steps, the all-stream-bos column included, as transformers' and
+the NPU port's generate do. N steps without eos give N - n_q complete frames (FORMATS.md §6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from higgslab import delay
+from higgslab.device import peak_memory, reset_peak_memory, synchronize
+from higgslab.errors import HiggsLabError
+from higgslab.generate import sampling
+from higgslab.model.lm import HiggsAudioModel
+
+
+@dataclass
+class SamplingSettings:
+    temperature: float = 0.3
+    top_k: int = 50
+    top_p: float = 0.95
+    ras_window: int = 7
+    ras_max_repeat: int = 2
+
+    def check(self) -> None:
+        sampling.check_settings(self.temperature, self.top_k, self.top_p, self.ras_max_repeat)
+        if self.ras_window < 0:
+            raise HiggsLabError(f"ras_window must be >= 0 (0 = off), got {self.ras_window}")
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    steps: int = 0
+    frames: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    time_to_first_audio_s: float | None = None
+    audio_decode_s: float = 0.0
+    peak_memory_bytes: int | None = None
+    device: str = "cpu"
+
+    @property
+    def frames_per_s(self) -> float:
+        """Generated LM steps (one audio column each) per second of decoding."""
+        return self.steps / self.decode_s if self.decode_s > 0 else float("nan")
+
+
+@dataclass
+class GenerationResult:
+    codes: torch.Tensor  # [n_q, F], delay reverted, stream tokens removed, values in [0, codebook_size)
+    columns: torch.Tensor  # [n_q, steps] the delayed columns as generated (stream bos/eos included)
+    finished: bool  # every codebook emitted stream-eos before max_new_tokens
+    sample_rate: int = 24000
+    audio: np.ndarray | None = None  # float32 [samples] when an audio tokenizer is attached
+    seed: int | None = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    @property
+    def duration_s(self) -> float:
+        return 0.0 if self.audio is None else len(self.audio) / self.sample_rate
+
+
+class Generator:
+    """Text-to-speech with a `HiggsAudioModel`, an optional audio tokenizer (codes → waveform) and the
+    checkpoint's text tokenizer (text → prompt ids)."""
+
+    def __init__(
+        self,
+        model: HiggsAudioModel,
+        audio_tokenizer=None,
+        text_tokenizer=None,
+        *,
+        compile: bool | str = False,
+        sync_every: int = 16,
+    ):
+        self.model = model.eval()
+        self.audio_tokenizer = audio_tokenizer
+        self.text_tokenizer = text_tokenizer
+        self.config = model.config
+        self.compile = compile
+        self.sync_every = sync_every
+        self._rng = torch.Generator(device=model.device)
+        self._steps: dict = {}
+
+    @classmethod
+    def from_paths(
+        cls, model_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "auto", **kw
+    ) -> Generator:
+        """Load LM, text tokenizer (from the LM's directory) and audio tokenizer onto one device."""
+        from transformers import AutoTokenizer
+
+        from higgslab.device import default_dtype, pick_device
+        from higgslab.io.checkpoints import load_model
+
+        dev = pick_device(device)
+        model = load_model(model_path, device=dev, dtype=default_dtype(dev))
+        try:
+            with _quiet_transformers():  # it would warn that config.json is not a tokenizer's model type
+                text_tok = AutoTokenizer.from_pretrained(str(model_path))
+        except (OSError, ValueError) as e:
+            raise HiggsLabError(
+                f"{model_path}: no usable text tokenizer files ({str(e).splitlines()[0]})"
+            ) from None
+        audio_tok = None
+        if tokenizer_path is not None:
+            from higgslab.tokenizer.codec import load_tokenizer
+
+            audio_tok = load_tokenizer(tokenizer_path, device=dev)
+        return cls(model, audio_tok, text_tok, **kw)
+
+    # ---- prompts -----------------------------------------------------------------------------------------
+    def prompt(
+        self, text: str, scene: str | None = None, ref_audio=None, ref_text: str | None = None, context=()
+    ):
+        """Build the FORMATS.md §5 prompt: `(input_ids [T], audio_codes [n_q, F])`.
+
+        `ref_audio` (a file path, `(wav, sample_rate)`, or codes `[n_q, N]`) with `ref_text` is the voice
+        to clone; `context` adds (text, codes) turns after it (the previous chunks of a long text)."""
+        from higgslab.generate.prompt import build_prompt
+
+        if self.text_tokenizer is None:
+            raise HiggsLabError(
+                "this Generator has no text tokenizer: pass prompt_ids, or load with from_paths"
+            )
+        references = []
+        if ref_audio is not None:
+            references.append((ref_text or "(reference voice)", self._reference_codes(ref_audio)))
+        references += list(context)
+        p = build_prompt(
+            self.text_tokenizer,
+            text,
+            scene=scene,
+            references=references,
+            n_q=self.config.num_codebooks,
+            stream_bos_id=self.config.stream_bos_id,
+            stream_eos_id=self.config.stream_eos_id,
+        )
+        return p.input_ids, p.audio_codes
+
+    def _reference_codes(self, ref_audio) -> torch.Tensor:
+        if isinstance(ref_audio, torch.Tensor) and ref_audio.dtype == torch.long:
+            return ref_audio  # already codes [n_q, N]
+        if self.audio_tokenizer is None:
+            raise HiggsLabError("a reference audio needs an audio tokenizer (tokenizer_path)")
+        if isinstance(ref_audio, (str, Path)):
+            from higgslab.io.audio import read_audio
+
+            wav, sr = read_audio(ref_audio)
+        else:
+            wav, sr = ref_audio
+        return self.audio_tokenizer.encode(wav, sr)
+
+    # ---- generation ------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt_ids: torch.Tensor | None = None,
+        text: str | None = None,
+        scene: str | None = None,
+        ref_audio=None,
+        ref_text: str | None = None,
+        max_new_tokens: int = 2048,
+        temperature: float = 0.3,
+        top_k: int = 50,
+        top_p: float = 0.95,
+        ras_window: int = 7,
+        ras_max_repeat: int = 2,
+        seed: int | None = None,
+        audio_codes: torch.Tensor | None = None,
+        decode_audio: bool = True,
+        progress: Callable[[int], object] | None = None,
+    ) -> GenerationResult:
+        """One prompt → `GenerationResult`. Give `prompt_ids` `[T]` (+ `audio_codes` `[n_q, F]` for its
+        audio placeholders), or `text` (+ `scene`, `ref_audio` path/codes, `ref_text`)."""
+        settings = SamplingSettings(temperature, top_k, top_p, ras_window, ras_max_repeat)
+        ids, codes = self._one_prompt(prompt_ids, audio_codes, text, scene, ref_audio, ref_text)
+        for _ in self._run([ids], [codes], max_new_tokens, settings, seed, stream=False, progress=progress):
+            pass
+        result = self._results[0]
+        if decode_audio and self.audio_tokenizer is not None:
+            t0 = time.perf_counter()
+            result.audio = np.asarray(self.audio_tokenizer.decode(result.codes), dtype=np.float32)
+            result.stats.audio_decode_s = time.perf_counter() - t0
+        return result
+
+    def generate_long(
+        self,
+        text: str,
+        scene=None,
+        ref_audio=None,
+        ref_text=None,
+        chunk_words: int = 100,
+        context_chunks: int = 2,
+        seed: int | None = None,
+        **kw,
+    ) -> GenerationResult:
+        """Long text, chunk by chunk (`prompt.split_text`: speaker turns, else sentences up to `chunk_words`),
+        each chunk prompted with the voice reference and the last `context_chunks` chunks' text and codes,
+        as the official generation example does. Returns the concatenated codes, audio and summed stats."""
+        from higgslab.generate.prompt import split_text
+
+        done: list[tuple[str, torch.Tensor]] = []
+        results = []
+        for i, chunk in enumerate(split_text(text, max_words=chunk_words)):
+            context = done[-context_chunks:] if context_chunks else []
+            ids, codes = self.prompt(chunk, scene, ref_audio, ref_text, context=context)
+            r = self.generate(ids, audio_codes=codes, seed=None if seed is None else seed + i, **kw)
+            results.append(r)
+            done.append((chunk, r.codes))
+        codes = torch.cat([r.codes for r in results], dim=1)
+        audio = None if results[0].audio is None else np.concatenate([r.audio for r in results])
+        stats = GenerationStats(device=results[0].stats.device)
+        for name in ("prompt_tokens", "steps", "frames", "prefill_s", "decode_s", "audio_decode_s"):
+            setattr(stats, name, sum(getattr(r.stats, name) for r in results))
+        stats.time_to_first_audio_s = results[0].stats.time_to_first_audio_s
+        return GenerationResult(
+            codes=codes,
+            columns=torch.cat([r.columns for r in results], dim=1),
+            finished=all(r.finished for r in results),
+            sample_rate=results[0].sample_rate,
+            audio=audio,
+            seed=seed,
+            stats=stats,
+        )
+
+    def generate_batch(
+        self, prompts: list[torch.Tensor], audio_codes: list[torch.Tensor | None] | None = None, **kw
+    ) -> list[GenerationResult]:
+        """Several prompts (token ids `[T_i]`) at once, left-padded; each row stops on its own."""
+        seed = kw.pop("seed", None)
+        max_new_tokens = kw.pop("max_new_tokens", 2048)
+        decode_audio = kw.pop("decode_audio", True)
+        settings = SamplingSettings(**kw)
+        codes = audio_codes or [None] * len(prompts)
+        for _ in self._run(list(prompts), codes, max_new_tokens, settings, seed, stream=False):
+            pass
+        if decode_audio and self.audio_tokenizer is not None:
+            for r in self._results:
+                r.audio = np.asarray(self.audio_tokenizer.decode(r.codes), dtype=np.float32)
+        return self._results
+
+    def stream(
+        self,
+        prompt_ids=None,
+        text=None,
+        scene=None,
+        ref_audio=None,
+        ref_text=None,
+        chunk_frames=10,
+        max_new_tokens=2048,
+        seed=None,
+        audio_codes=None,
+        **sampling_kw,
+    ) -> Iterator[np.ndarray | torch.Tensor]:
+        """Yield audio chunks (float32 24 kHz) as frames complete; codes `[n_q, k]` without a tokenizer.
+        `self.last_result` holds the full result when the iterator ends."""
+        settings = SamplingSettings(**sampling_kw)
+        ids, codes = self._one_prompt(prompt_ids, audio_codes, text, scene, ref_audio, ref_text)
+        decoder = self.audio_tokenizer.streaming_decoder() if self.audio_tokenizer is not None else None
+        pending: list[torch.Tensor] = []
+        t_start = time.perf_counter()
+        first = None
+        for frames in self._run([ids], [codes], max_new_tokens, settings, seed, stream=True):
+            pending.append(frames)
+            if sum(f.shape[1] for f in pending) < chunk_frames:
+                continue
+            chunk = torch.cat(pending, 1)
+            pending = []
+            out = decoder.push(chunk) if decoder is not None else chunk
+            if first is None:
+                first = time.perf_counter() - t_start
+            yield out
+        tail = torch.cat(pending, 1) if pending else None
+        if decoder is not None:
+            rest = [decoder.push(tail)] if tail is not None else []
+            rest.append(decoder.flush())
+            out = np.concatenate(rest)
+            if out.size:
+                yield out
+        elif tail is not None:
+            yield tail
+        self.last_result = self._results[0]
+        self.last_result.stats.time_to_first_audio_s = first
+
+    def _one_prompt(self, prompt_ids, audio_codes, text, scene, ref_audio, ref_text):
+        if prompt_ids is None and text is None:
+            raise HiggsLabError("give prompt_ids or text")
+        if prompt_ids is None:
+            return self.prompt(text, scene, ref_audio, ref_text)
+        prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.long)
+        if prompt_ids.dim() != 1 or prompt_ids.numel() == 0:
+            raise HiggsLabError(
+                f"prompt_ids must be a non-empty [T] tensor, got shape {tuple(prompt_ids.shape)}"
+            )
+        return prompt_ids, audio_codes
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _run(
+        self,
+        prompts,
+        prompt_codes,
+        max_new_tokens,
+        settings: SamplingSettings,
+        seed,
+        stream: bool,
+        progress=None,
+    ):
+        """Prefill every prompt (left-padded), then decode; yields `[n_q, k]` newly complete frames of row 0
+        when `stream`; calls `progress(n_steps)` at each host sync. Leaves one `GenerationResult` per
+        prompt in `self._results`."""
+        settings.check()
+        if max_new_tokens < 1:
+            raise HiggsLabError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        model, c, dev = self.model, self.config, self.model.device
+        ids, mask, codes = self._pad(prompts, prompt_codes)
+        B, T = ids.shape
+        if T + max_new_tokens > c.max_position_embeddings:
+            raise HiggsLabError(
+                f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
+                f"{c.max_position_embeddings} positions"
+            )
+        self._rng.manual_seed(seed if seed is not None else torch.seed() % 2**63)
+        stats = GenerationStats(prompt_tokens=T, device=str(dev))
+        reset_peak_memory(dev)
+
+        t0 = time.perf_counter()
+        cache = model.new_cache(B, T + max_new_tokens)
+        model(ids, codes, mask, cache=cache, logits="none")
+        cache.static = bool(self.compile)  # compiled steps see fixed shapes: the whole cache, masked
+        synchronize(dev)
+        stats.prefill_s = time.perf_counter() - t0
+
+        n_q = c.num_codebooks
+        columns = torch.empty(B, max_new_tokens, n_q, dtype=torch.long, device=dev)
+        column = torch.full((B, n_q), c.stream_bos_id, dtype=torch.long, device=dev)
+        columns[:, 0] = column
+        state = delay.init_state(B, n_q, device=dev)
+        step_fn = self._step_fn(settings)
+        # temperature 0 is greedy whatever the seed: RAS (a random redraw) only runs when sampling
+        history = None
+        if settings.ras_window and settings.temperature > 0:
+            history = torch.full((B, settings.ras_window, n_q), -1, dtype=torch.long, device=dev)
+            history[:, -1] = column
+        scheduler = delay.DelayScheduler(n_q, c.codebook_size) if stream else None
+        if scheduler is not None:
+            scheduler.push(column[0])
+
+        t1 = time.perf_counter()
+        steps = max_new_tokens
+        for t in range(1, max_new_tokens):
+            column, history, state = step_fn(column, history, state, cache)
+            columns[:, t] = column
+            if t == n_q and stats.time_to_first_audio_s is None:  # column n_q completes frame 0
+                synchronize(dev)
+                stats.time_to_first_audio_s = stats.prefill_s + time.perf_counter() - t1
+            if scheduler is not None:  # streaming: one host sync per step, the price of frame-by-frame audio
+                frames = scheduler.push(column[0], end_frame=int(state.end_frame[0]))
+                if frames.shape[1]:
+                    yield frames
+            if (t + 1) % self.sync_every == 0:
+                if progress is not None:
+                    progress(self.sync_every)
+                if bool(state.done.all()):
+                    steps = t + 1
+                    break
+        synchronize(dev)
+        stats.decode_s = time.perf_counter() - t1
+        if progress is not None and steps % self.sync_every:
+            progress(steps % self.sync_every)
+        stats.steps = steps
+        stats.peak_memory_bytes = peak_memory(dev)
+        self._results = []
+        cols = columns[:, :steps].cpu()
+        done, end_frame = state.done.cpu(), state.end_frame.cpu()
+        for b in range(B):
+            frames = delay.finished_frames(cols[b].T, c.codebook_size, end_frame=end_frame[b])
+            s = GenerationStats(**{**stats.__dict__, "frames": frames.shape[1]})
+            r = GenerationResult(codes=frames, columns=cols[b].T, finished=bool(done[b]), seed=seed, stats=s)
+            r.sample_rate = self.audio_tokenizer.sample_rate if self.audio_tokenizer is not None else 24000
+            self._results.append(r)
+
+    def _step_fn(self, settings: SamplingSettings):
+        """The decode step: logits → sampled column → delay forcing; pure device work, fixed shapes.
+
+        `history` `[B, W, n_q]` holds the last W emitted columns for repetition-aware sampling (slots not
+        yet filled hold -1, which matches no code); it is None when RAS is off. Compiled (`compile=`) once
+        per sampling setting and reused, since the random generator is one object re-seeded per call."""
+        key = (settings.temperature, settings.top_k, settings.top_p, settings.ras_max_repeat, self.compile)
+        if key in self._steps:
+            return self._steps[key]
+        model, rng = self.model, self._rng
+
+        def step(column, history, state, cache):
+            logits = model.decode_audio_step(column, cache)
+            sampled = sampling.sample(
+                logits.float(),
+                temperature=settings.temperature,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                generator=rng,
+                history=history,
+                ras_max_repeat=settings.ras_max_repeat,
+            )
+            column, state = delay.force(sampled, state)
+            if history is not None:
+                history = torch.cat([history[:, 1:], column[:, None]], dim=1)
+            return column, history, state
+
+        if self.compile:
+            mode = "reduce-overhead" if self.compile == "reduce-overhead" else None
+            step = torch.compile(step, dynamic=False, mode=mode)
+        self._steps[key] = step
+        return step
+
+    def _pad(self, prompts, prompt_codes):
+        """Left-pad prompts to `[B, T]` with a mask; stack their audio codes to `[B, n_q, F]`."""
+        c, dev = self.config, self.model.device
+        prompts = [torch.as_tensor(p, dtype=torch.long) for p in prompts]
+        T = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), T), c.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(prompts), T, dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, T - len(p) :] = p
+            mask[b, T - len(p) :] = 1
+        frames = [x.shape[-1] for x in prompt_codes if x is not None]
+        codes = None
+        if frames:
+            codes = torch.zeros(len(prompts), c.num_codebooks, max(frames), dtype=torch.long)
+            for b, x in enumerate(prompt_codes):
+                if x is not None:
+                    codes[b, :, : x.shape[-1]] = x
+            codes = codes.to(dev)
+        return ids.to(dev), (None if mask.all() else mask.to(dev)), codes
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
