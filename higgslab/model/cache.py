@@ -57,9 +57,9 @@ class StaticKVCache:
         self.valid.index_copy_(1, self.write_pos, valid)
         self.is_audio.index_copy_(1, self.write_pos, is_audio)
         self.length += n
-        self.used += n
-        if not self.static and not self.padded:
-            self.padded = not bool(valid.all())  # a host sync, but only eager prefills ever pay it
+        if not self.static:  # host-side bookkeeping, for eager steps only (graphs see device tensors)
+            self.used += n
+            self.padded = self.padded or not bool(valid.all())  # a host sync, paid in eager prefills only
 
     @property
     def span(self) -> int:

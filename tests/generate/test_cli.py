@@ -1,0 +1,115 @@
+"""`python -m higgslab.generate`: a valid WAV end to end on tiny checkpoints, retries, one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+
+from higgslab.generate.__main__ import quote_free_text
+
+
+def generate(tmp_path, *overrides, cache=None):
+    env_cache = str(cache or tmp_path / "cache")
+    return subprocess.run(
+        [sys.executable, "-m", "higgslab.generate", *overrides],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "HIGGSLAB_CACHE": env_cache},
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """The embedded default written once for the module (tiny random LM, text and audio tokenizers)."""
+    from higgslab.embedded import tiny_random_paths
+
+    root = tmp_path_factory.mktemp("cache")
+    import os
+
+    os.environ["HIGGSLAB_CACHE"] = str(root)
+    try:
+        tiny_random_paths()
+    finally:
+        del os.environ["HIGGSLAB_CACHE"]
+    return root
+
+
+def test_writes_a_24k_mono_16bit_wav_with_a_comma_in_the_text(tmp_path, cache):
+    proc = generate(
+        tmp_path, "text=Hello there, it's me.", "max_new_tokens=40", "output_dir=out", cache=cache
+    )
+    assert proc.returncode == 0, proc.stderr
+    info = sf.info(tmp_path / "out" / "output_1.wav")
+    assert (info.samplerate, info.channels, info.subtype) == (24000, 1, "PCM_16")
+    assert info.frames == 32 * 960  # 40 steps, no eos: 32 complete frames of 960 samples
+    for line in ("model: embedded tiny RANDOM", "device: cpu", "parameters:", "prompt:", "frames/s", "wrote"):
+        assert line in proc.stdout
+
+
+def test_short_audio_is_retried_with_other_seeds_at_most_three_times(tmp_path, cache):
+    proc = generate(tmp_path, "text=Hi.", "max_new_tokens=12", "min_duration_s=5", "seed=7", cache=cache)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("retrying with seed") == 3
+    assert [p.name for p in (tmp_path / "output_audio").iterdir()] == ["output_10.wav"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["text=   "], "text is empty"),
+        (["text=Hi.", "device=tpu"], "device"),
+        (["text=Hi.", "temperature=-1"], "temperature must be >= 0"),
+        (["text=Hi.", "top_p=1.5"], r"top_p must be in (0, 1]"),
+        (["text=Hi.", "ref_audio=missing.wav"], "ref_audio missing.wav: no such file"),
+        (["text=Hi.", "output_dir=afile"], "output_dir afile is a file"),
+        (["text=Hi.", "model_path=nowhere"], "tokenizer_path is needed"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, cache, overrides, message):
+    (tmp_path / "afile").write_text("not a directory")
+    proc = generate(tmp_path, *overrides, "max_new_tokens=12", cache=cache)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+    assert not (tmp_path / "output_audio").exists()
+
+
+def test_existing_output_is_never_overwritten(tmp_path, cache):
+    out = tmp_path / "output_audio"
+    out.mkdir()
+    (out / "output_1.wav").write_bytes(b"keep me")
+    proc = generate(tmp_path, "text=Hi.", "max_new_tokens=12", cache=cache)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert (out / "output_1.wav").read_bytes() == b"keep me"
+
+
+def test_help_and_cfg_job_work_as_hydra_users_expect(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "higgslab.generate",
+            "--cfg",
+            "job",
+            "text=x",
+            "model=real",
+            "generation=greedy",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0
+    assert "model_path: model_cache" in proc.stdout and "temperature: 0.0" in proc.stdout
+    assert (
+        subprocess.run([sys.executable, "-m", "higgslab.generate", "--help"], capture_output=True).returncode
+        == 0
+    )
+
+
+def test_quote_free_text_keeps_quoted_and_other_arguments():
+    assert quote_free_text(["text=a, b", "seed=3", "text='q'"]) == ["text='a, b'", "seed=3", "text='q'"]
+    assert quote_free_text(["scene=it's"]) == ["scene='it\\'s'"]
