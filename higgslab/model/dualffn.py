@@ -173,14 +173,11 @@ class DualFFNLayer(nn.Module):
     ) -> torch.Tensor:
         """`h` `[B, T, D]` → `[B, T, D]`; `rope` = (cos, sin) `[B, T, head_dim]`; `cache` duck-types
         transformers' `Cache.update(key, value, layer_idx)`."""
-        if (
-            self.kind == "llama"
-            or route.mode == "text"
-            or (self.kind == "fast_forward" and route.mode == "mixed")
-        ):
+        if self.kind == "fast_forward":
+            # audio positions skip the layer; on a pure-audio step nothing else is there
+            return h if route.mode == "audio" else self._plain(h, route, rope, masks, cache)
+        if self.kind == "llama" or route.mode == "text":
             return self._plain(h, route, rope, masks, cache)
-        if self.kind == "fast_forward":  # pure audio: skipped (its cache slots stay hidden by `text_only`)
-            return h
 
         audio_norm = self.input_layernorm if self.audio_ffn == "text" else self.audio_input_layernorm
         x = routed(h, route, self.input_layernorm, audio_norm)
@@ -195,12 +192,13 @@ class DualFFNLayer(nn.Module):
         return h + routed(h, route, self._text_ffn, self._audio_ffn)
 
     def _plain(self, h, route, rope, masks, cache) -> torch.Tensor:
-        """A Llama layer over all positions; fast-forward layers hide audio keys and keep audio rows."""
-        ff = self.kind == "fast_forward" and route.mode == "mixed"
-        mask = masks.text_only if ff else masks.shared
+        """A Llama layer over all positions. Fast-forward layers hide every audio key from text queries
+        (`masks.text_only`, set whenever the sequence holds audio) and leave audio rows unchanged."""
+        ff = self.kind == "fast_forward"
+        mask = masks.text_only if ff and masks.text_only is not None else masks.shared
         out = h + self._attend(self.self_attn, self.input_layernorm(h), rope, mask, cache)
         out = out + self._text_ffn(out)
-        if ff:
+        if ff and route.mode == "mixed":
             out = torch.where(route.audio_mask.unsqueeze(-1), h, out)
         return out
 
