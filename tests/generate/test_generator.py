@@ -121,3 +121,53 @@ def test_compiled_step_gives_the_eager_codes(lm_checkpoints):
     eager = Generator(model).generate(PROMPT, **kw)
     compiled = Generator(model, compile=True).generate(PROMPT, **kw)
     assert torch.equal(eager.columns, compiled.columns)
+
+
+@pytest.fixture(scope="module")
+def text_gen(tmp_path_factory):
+    """A Generator with the embedded tiny checkpoints: LM, text tokenizer and audio tokenizer."""
+    import os
+
+    from higgslab.embedded import tiny_random_paths
+
+    os.environ["HIGGSLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        model_dir, tokenizer_dir = tiny_random_paths()
+    finally:
+        del os.environ["HIGGSLAB_CACHE"]
+    gen = Generator.from_paths(model_dir, tokenizer_dir, device="cpu")
+    no_eos(gen.model)  # every chunk runs its full length: known frame counts
+    return gen
+
+
+def test_long_text_is_chunked_with_previous_audio_as_context(text_gen):
+    calls = []
+    plain = text_gen.prompt
+
+    def spy(text, *args, context=(), **kw):
+        calls.append((text, [c[1].shape[1] for c in context]))
+        return plain(text, *args, context=context, **kw)
+
+    text_gen.prompt = spy
+    try:
+        r = text_gen.generate_long(
+            "One two three. Four five six. Seven eight nine.",
+            chunk_words=3,
+            context_chunks=1,
+            max_new_tokens=16,
+            seed=1,
+        )
+    finally:
+        del text_gen.prompt
+    assert [c[0] for c in calls] == ["One two three.", "Four five six.", "Seven eight nine."]
+    assert calls[0][1] == [] and calls[1][1] == [8] and calls[2][1] == [8]  # the previous chunk's 8 frames
+    assert r.codes.shape == (8, 24) and r.audio.shape == (24 * 960,)
+
+
+def test_voice_reference_enters_the_prompt_as_delayed_codes(text_gen):
+    ref = torch.randint(0, 1024, (8, 5))
+    ids, codes = text_gen.prompt("Hello.", ref_audio=ref, ref_text="A voice.")
+    assert codes.shape == (8, 5 + 9) and int((ids == 128016).sum()) == 14
+    assert torch.equal(delay.revert(codes)[:, 1:-1], ref)
+    result = text_gen.generate(text="Hello.", ref_audio=ref, ref_text="A voice.", max_new_tokens=12, seed=0)
+    assert result.audio is not None and result.stats.prompt_tokens == len(ids)
