@@ -40,6 +40,15 @@ def stub_resample(waveform: torch.Tensor, orig_freq: int, new_freq: int, **_) ->
     return torch.from_numpy(out).to(waveform.dtype).reshape(*waveform.shape[:-1], -1)
 
 
+@pytest.fixture(scope="package", autouse=True)
+def one_thread():
+    """Tiny convolutions on a shared 2-core machine: one thread is 10-100x faster than two fighting for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def hf_tokenizer_class():
     """transformers' HiggsAudioV2TokenizerModel, importable thanks to a torchaudio stub in sys.modules
