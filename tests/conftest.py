@@ -24,3 +24,19 @@ def lm_checkpoints(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lm")
     return {fmt: write_tiny_model(root / fmt, fmt, seed=0) for fmt in ("original", "transformers")}
+
+
+@pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory):
+    """A `HIGGSLAB_CACHE` folder holding the embedded tiny checkpoints (LM + text tokenizer, audio
+    tokenizer), written once per session. Returns (cache root, model dir, audio tokenizer dir)."""
+    from higgslab.embedded import tiny_random_paths
+
+    root = tmp_path_factory.mktemp("higgslab-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HIGGSLAB_CACHE", str(root))
+    try:
+        model_dir, tokenizer_dir = tiny_random_paths()
+    finally:
+        mp.undo()
+    return root, model_dir, tokenizer_dir

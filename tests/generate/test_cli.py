@@ -22,19 +22,8 @@ def generate(tmp_path, *overrides, cache=None):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """The embedded default written once for the module (tiny random LM, text and audio tokenizers)."""
-    from higgslab.embedded import tiny_random_paths
-
-    root = tmp_path_factory.mktemp("cache")
-    import os
-
-    os.environ["HIGGSLAB_CACHE"] = str(root)
-    try:
-        tiny_random_paths()
-    finally:
-        del os.environ["HIGGSLAB_CACHE"]
-    return root
+def cache(embedded_cache):
+    return embedded_cache[0]
 
 
 def test_writes_a_24k_mono_16bit_wav_with_a_comma_in_the_text(tmp_path, cache):

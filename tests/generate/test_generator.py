@@ -124,17 +124,9 @@ def test_compiled_step_gives_the_eager_codes(lm_checkpoints):
 
 
 @pytest.fixture(scope="module")
-def text_gen(tmp_path_factory):
+def text_gen(embedded_cache):
     """A Generator with the embedded tiny checkpoints: LM, text tokenizer and audio tokenizer."""
-    import os
-
-    from higgslab.embedded import tiny_random_paths
-
-    os.environ["HIGGSLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        model_dir, tokenizer_dir = tiny_random_paths()
-    finally:
-        del os.environ["HIGGSLAB_CACHE"]
+    _, model_dir, tokenizer_dir = embedded_cache
     gen = Generator.from_paths(model_dir, tokenizer_dir, device="cpu")
     no_eos(gen.model)  # every chunk runs its full length: known frame counts
     return gen
