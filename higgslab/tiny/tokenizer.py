@@ -33,7 +33,8 @@ def tiny_config(**overrides) -> CodecConfig:
 
 def tiny_codec(seed: int = 0, **overrides) -> HiggsAudioCodec:
     """A random `HiggsAudioCodec` with `tiny_config`; the global RNG is left untouched."""
-    with torch.random.fork_rng():
+    # only the CPU generator is touched: fork_rng would also fork whatever accelerator torch reports
+    with torch.random.fork_rng(devices=[], device_type="cpu"):
         torch.manual_seed(seed)
         model = HiggsAudioCodec(tiny_config(**overrides))
         with torch.no_grad():
