@@ -285,6 +285,8 @@ class Generator:
             chunk = torch.cat(pending, 1)
             pending = []
             out = decoder.push(chunk) if decoder is not None else chunk
+            if out.shape[-1] == 0:  # the streaming decoder may hold its first frames back (lookahead)
+                continue
             if first is None:
                 first = time.perf_counter() - t_start
             yield out
