@@ -1,0 +1,194 @@
+"""Training pieces for a mini audio tokenizer: the codec's own modules plus what only training needs.
+
+    trainer = CodecTrainer(mini_codec(widths))      # trainer.codec is a plain `HiggsAudioCodec`
+    out = trainer(wav [B, 1, L], n_active=k)        # reconstruction from the first k codebooks + commitment
+    trainer.update_codebooks(out, generator)        # EMA codebook update + dead-code restarts (no grad)
+
+Semantic branch off: there are no HuBERT weights here, so the codec keeps a tiny random HuBERT (the on-disk
+layout needs one) and the columns of `fc_prior` that read the semantic features are held at zero. The fused
+latent then depends on the acoustic encoder alone, and the stock inference path (`load_tokenizer` → encode)
+computes exactly the codes that training saw, whatever the random HuBERT outputs.
+
+RVQ training as in EnCodec/xcodec: nearest codeword chosen exactly as at inference (`VQLevel.nearest`),
+straight-through gradient to the encoder, commitment loss pulling `project_in(residual)` to its codeword,
+codebooks (buffers, not parameters) moved by an exponential moving average of the vectors assigned to them,
+and codes unused for a while restarted on random vectors of the current batch. Quantizer dropout (decoding
+from a random prefix of k codebooks) teaches the decoder every k = 1..n_q, so quality rises with k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from higgslab.tiny.tokenizer import TINY_HUBERT
+from higgslab.tokenizer.model import CodecConfig, HiggsAudioCodec
+
+
+def mini_codec(
+    seed: int = 0,
+    encoder_width: int = 8,
+    latent_dim: int = 64,
+    decoder_width: int = 128,
+    codebook_dim: int = 8,
+    n_q: int = 8,
+    bins: int = 1024,
+) -> HiggsAudioCodec:
+    """A fresh codec with the real frame geometry (24 kHz, hop 960, 25 frames/s) and narrow widths; the
+    semantic columns of `fc_prior` are zero (semantic branch off)."""
+    cfg = CodecConfig(
+        encoder_width=encoder_width,
+        latent_dim=latent_dim,
+        decoder_width=decoder_width,
+        codebook_dim=codebook_dim,
+        n_q=n_q,
+        bins=bins,
+        hubert=dict(TINY_HUBERT),
+    )
+    with torch.random.fork_rng(devices=[], device_type="cpu"):
+        torch.manual_seed(seed)
+        codec = HiggsAudioCodec(cfg)
+    with torch.no_grad():
+        codec.fc_prior.weight[:, cfg.latent_dim :] = 0
+    for p in codec.semantic_model.parameters():
+        p.requires_grad_(False)
+    for p in codec.encoder_semantic.parameters():
+        p.requires_grad_(False)
+    return codec.train()
+
+
+@dataclass
+class CodecOutput:
+    recon: torch.Tensor  # [B, 1, L] decoded from the first n_active codebooks
+    commitment: torch.Tensor  # scalar: mean ||project_in(residual) - codeword||² over active levels
+    codes: torch.Tensor  # [B, n_q, T]
+    projected: list[torch.Tensor]  # per level [B·T, codebook_dim], detached: what the EMA moves towards
+
+
+class CodecTrainer(nn.Module):
+    """`HiggsAudioCodec` + EMA statistics of each codebook (`cluster_size` [n_q, bins], `embed_sum`
+    [n_q, bins, codebook_dim]); everything a resumed run needs is in this module's state dict."""
+
+    def __init__(self, codec: HiggsAudioCodec, decay: float = 0.99, dead_after: float = 0.5):
+        super().__init__()
+        cfg = codec.cfg
+        self.codec = codec
+        self.decay = decay
+        self.dead_after = dead_after  # restart a code whose EMA count (assignments per step) drops below this
+        self.register_buffer("cluster_size", torch.ones(cfg.n_q, cfg.bins))
+        self.register_buffer("embed_sum", torch.zeros(cfg.n_q, cfg.bins, cfg.codebook_dim))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    def latent(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav `[B, 1, L]` (L a multiple of the hop) -> fused latent `[B, fused, L / hop]`, semantic part zero."""
+        cfg = self.codec.cfg
+        acoustic = self.codec.acoustic_features(wav, wav.shape[-1] // cfg.hop_length)
+        silent = acoustic.new_zeros(acoustic.shape[0], cfg.semantic_dim, acoustic.shape[-1])
+        fused = torch.cat([acoustic, silent], dim=1)
+        return self.codec.fc_prior(fused.transpose(1, 2)).transpose(1, 2)
+
+    def forward(self, wav: torch.Tensor, n_active: int | None = None) -> CodecOutput:
+        B, _, L = wav.shape
+        latent = self.latent(wav)
+        T = latent.shape[-1]
+        residual = latent.transpose(1, 2).reshape(B * T, -1)
+        levels = self.codec.quantizer.layers
+        n_active = len(levels) if n_active is None else n_active
+        quantized = torch.zeros_like(residual)
+        commitment, codes, projected = residual.new_zeros(()), [], []
+        for q, level in enumerate(levels):
+            with torch.no_grad():
+                idx, _ = level.nearest(residual.detach())
+            z = level.project_in(residual)
+            codeword = level.codebook[idx]
+            z_q = z + (codeword - z).detach()  # straight-through: the encoder sees the codeword's gradient
+            out = level.project_out(z_q)
+            codes.append(idx)
+            projected.append(z.detach())
+            if q < n_active:
+                commitment = commitment + F.mse_loss(z, codeword)
+                quantized = quantized + out
+            residual = residual - out
+        latent_q = self.codec.fc_post2(quantized).reshape(B, T, -1).transpose(1, 2)
+        recon = self.codec.acoustic_decoder(latent_q)
+        return CodecOutput(
+            recon=recon[..., :L],
+            commitment=commitment / n_active,
+            codes=torch.stack(codes, 1).reshape(B, T, -1).transpose(1, 2),
+            projected=projected,
+        )
+
+    @torch.no_grad()
+    def init_codebooks(self, wav: torch.Tensor, generator: torch.Generator) -> None:
+        """Seed every codebook with projected residuals of a batch (level by level, as RVQ sees them)."""
+        out = self.forward(wav)
+        for q, level in enumerate(self.codec.quantizer.layers):
+            level.codebook.copy_(sample_rows(out.projected[q], level.codebook.shape[0], generator))
+            self.embed_sum[q].copy_(level.codebook)
+            out = self.forward(wav) if q + 1 < len(self.codec.quantizer.layers) else out
+        self.cluster_size.fill_(1.0)
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def update_codebooks(self, out: CodecOutput, generator: torch.Generator) -> torch.Tensor:
+        """EMA step of every codebook towards the mean of its assigned vectors; restart dead codes on random
+        vectors of this batch. Returns the number of restarted codes per level `[n_q]`."""
+        restarted = []
+        for q, level in enumerate(self.codec.quantizer.layers):
+            z, idx = out.projected[q], out.codes[:, q].reshape(-1)
+            onehot = F.one_hot(idx, level.codebook.shape[0]).type_as(z)  # [N, bins]
+            self.cluster_size[q].mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+            self.embed_sum[q].mul_(self.decay).add_(onehot.t() @ z, alpha=1 - self.decay)
+            level.codebook.copy_(self.embed_sum[q] / self.cluster_size[q].clamp(min=1e-5)[:, None])
+            dead = self.cluster_size[q] < self.dead_after
+            n_dead = int(dead.sum())
+            if n_dead:
+                fresh = sample_rows(z, n_dead, generator)
+                level.codebook[dead] = fresh
+                self.embed_sum[q][dead] = fresh
+                self.cluster_size[q][dead] = 1.0
+            restarted.append(n_dead)
+        return torch.tensor(restarted)
+
+
+def sample_rows(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """`n` rows of `x` `[N, d]` drawn at random (with replacement when N < n), plus a little noise."""
+    idx = torch.randint(0, x.shape[0], (n,), generator=generator)
+    return x[idx] + 1e-3 * torch.randn(n, x.shape[1], generator=generator) * x.std()
+
+
+class SpectralLoss(nn.Module):
+    """Multi-resolution reconstruction loss: L1 of log-mel spectrograms (DAC's main term) plus the
+    log-magnitude STFT L1 and spectral convergence of each resolution. Inputs `[B, 1, L]`."""
+
+    def __init__(
+        self, sample_rate: int = 24000, windows: tuple[int, ...] = (2048, 512, 128), n_mels: int = 64
+    ):
+        super().__init__()
+        import librosa
+
+        self.windows = windows
+        for n in windows:
+            mel = librosa.filters.mel(sr=sample_rate, n_fft=n, n_mels=min(n_mels, n // 4), fmin=0.0)
+            self.register_buffer(f"mel_{n}", torch.from_numpy(mel).float(), persistent=False)
+            self.register_buffer(f"window_{n}", torch.hann_window(n), persistent=False)
+
+    def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        mel_loss = stft_loss = estimate.new_zeros(())
+        for n in self.windows:
+            window, mel = getattr(self, f"window_{n}"), getattr(self, f"mel_{n}")
+            est, ref = (
+                torch.stft(x[:, 0], n, n // 4, window=window, return_complex=True).abs()
+                for x in (estimate, target)
+            )
+            stft_loss = stft_loss + (est - ref).norm() / ref.norm().clamp(min=1e-5)  # spectral convergence
+            stft_loss = stft_loss + (est.clamp(min=1e-5).log() - ref.clamp(min=1e-5).log()).abs().mean()
+            mel_est, mel_ref = (torch.einsum("mf,bft->bmt", mel, s.pow(2)) for s in (est, ref))
+            mel_loss = (
+                mel_loss + (mel_est.clamp(min=1e-5).log10() - mel_ref.clamp(min=1e-5).log10()).abs().mean()
+            )
+        k = len(self.windows)
+        return {"mel": mel_loss / k, "stft": stft_loss / k}

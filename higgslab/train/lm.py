@@ -1,0 +1,185 @@
+"""Stage 2 of higgslab-mini: train a small DualFFN LM on (text, delayed codes) pairs in the real prompt format.
+
+    python -m higgslab.train.lm                                 # experiment=mini
+    python -m higgslab.train.lm experiment=mini_no_dualffn      # the ablation: no audio FFN in any layer
+
+Needs stage 1's tokenizer (`<run_dir>/tokenizer/tokenizer`). Encodes the corpus once (cached), trains a
+byte-level BPE on the training sentences, and trains `HiggsAudioModel` on one example per clip:
+
+    build_prompt(text)  …<|audio_out_bos|>  <|AUDIO_OUT|> × S        S = N + n_q + 1 delayed columns
+                                            column 0 (all stream-bos) is fed, as the generator does;
+                                            audio_logits at audio position j predict column j + 1
+
+Writes into `<run_dir>/<lm.name>/`: last.pt, loss.png, and `model/` (original layout + text tokenizer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from higgslab import delay
+from higgslab.config import HiggsConfig
+from higgslab.train.data import Clip, build_corpus, load_audio, read_manifest
+
+IGNORE = -100
+
+
+def encode_corpus(tokenizer_dir: str | Path, clips: list[Clip], cache: Path) -> dict[str, torch.Tensor]:
+    """clip id -> codes `[n_q, N]` (int16), through the stock `load_tokenizer` path; cached in `cache`."""
+    from tqdm import tqdm
+
+    from higgslab.tokenizer.codec import load_tokenizer
+
+    codes = torch.load(cache, weights_only=True) if cache.is_file() else {}
+    missing = [c for c in clips if c.id not in codes]
+    if missing:
+        tok = load_tokenizer(tokenizer_dir)
+        for clip in tqdm(missing, desc="encode corpus", unit="clip"):
+            codes[clip.id] = tok.encode(load_audio(clip)).to(torch.int16)
+        torch.save(codes, cache)
+    return {c.id: codes[c.id].long() for c in clips}
+
+
+def lm_config(
+    text_ids: dict[str, int], sizes: DictConfig, dual_ffn: bool, n_q: int, bins: int
+) -> HiggsConfig:
+    """A small Llama with the text tokenizer's vocabulary and special ids; DualFFN in every layer or none."""
+    return HiggsConfig(
+        **text_ids,
+        hidden_size=sizes.hidden,
+        intermediate_size=sizes.intermediate,
+        num_layers=sizes.layers,
+        num_heads=sizes.heads,
+        num_kv_heads=sizes.kv_heads,
+        head_dim=sizes.hidden // sizes.heads,
+        max_position_embeddings=sizes.max_positions,
+        rope={"rope_type": "default", "rope_theta": 10000.0},
+        tie_word_embeddings=False,
+        adapter_type="dual_ffn",
+        dual_ffn_layers=tuple(range(sizes.layers)) if dual_ffn else (),
+        num_codebooks=n_q,
+        codebook_size=bins,
+        stream_bos_id=bins,
+        stream_eos_id=bins + 1,
+    )
+
+
+@dataclass
+class Example:
+    input_ids: torch.Tensor  # [T] prompt ids then one <|AUDIO_OUT|> per column
+    columns: torch.Tensor  # [n_q, S] the delayed segment
+    first_audio: int  # index of the first <|AUDIO_OUT|> position
+
+
+def make_example(text_tokenizer, config: HiggsConfig, text: str, codes: torch.Tensor) -> Example:
+    from higgslab.generate.prompt import build_prompt
+
+    prompt = build_prompt(text_tokenizer, text, n_q=config.num_codebooks, stream_bos_id=config.stream_bos_id,
+                          stream_eos_id=config.stream_eos_id)  # fmt: skip
+    columns = delay.encode_segment(codes, config.stream_bos_id, config.stream_eos_id)
+    audio = torch.full((columns.shape[1],), config.audio_out_token_id, dtype=torch.long)
+    return Example(torch.cat([prompt.input_ids, audio]), columns, len(prompt.input_ids))
+
+
+def collate(examples: list[Example], config: HiggsConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded batch: input_ids `[B, T]`, audio_codes `[B, n_q, S]`, targets `[B, T, n_q]` (IGNORE
+    except at audio positions j < S - 1, whose target is column j + 1). Right padding needs no attention
+    mask: causal attention never lets a real position see the padding after it."""
+    B, n_q = len(examples), config.num_codebooks
+    T, S = max(len(e.input_ids) for e in examples), max(e.columns.shape[1] for e in examples)
+    ids = torch.full((B, T), config.pad_token_id, dtype=torch.long)
+    codes = torch.full((B, n_q, S), config.stream_eos_id, dtype=torch.long)
+    targets = torch.full((B, T, n_q), IGNORE, dtype=torch.long)
+    for b, e in enumerate(examples):
+        s = e.columns.shape[1]
+        ids[b, : len(e.input_ids)] = e.input_ids
+        codes[b, :, :s] = e.columns
+        targets[b, e.first_audio : e.first_audio + s - 1] = e.columns[:, 1:].T
+    return ids, codes, targets
+
+
+def audio_token_loss(model, ids: torch.Tensor, codes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the next delayed column, over every codebook of every audio target."""
+    logits = model(ids, codes).audio_logits  # [B, T, n_q, codebook_size + 2]
+    return F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten(), ignore_index=IGNORE)
+
+
+def export_model(model, text_dir: Path, out: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the LM in the ORIGINAL layout (`write_checkpoint`) with the text tokenizer files beside it."""
+    import shutil
+
+    from higgslab.io.convert import write_checkpoint
+    from higgslab.train.text import TEXT_FILES
+
+    tensors = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    write_checkpoint(out, model.config, tensors, fmt="original")
+    for name in TEXT_FILES:
+        shutil.copy2(text_dir / name, out / name)
+    return out
+
+
+def train_lm(cfg: DictConfig) -> Path:
+    """Run stage 2 as configured; returns the exported model directory."""
+    from transformers import AutoTokenizer
+
+    from higgslab.model.lm import HiggsAudioModel
+    from higgslab.train.loop import run_training
+    from higgslab.train.text import write_text_tokenizer
+
+    torch.set_num_threads(cfg.threads)
+    m = cfg.lm
+    manifest = build_corpus(cfg.data.dir, cfg.data.sentences, cfg.data.seed, cfg.data.valid_every)
+    train, valid = read_manifest(manifest, "train"), read_manifest(manifest, "valid")[: m.eval_clips]
+    audio_tok = Path(m.audio_tokenizer or Path(cfg.run_dir) / "tokenizer" / "tokenizer")
+    run_dir = Path(cfg.run_dir) / m.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    codes = encode_corpus(audio_tok, train + valid, Path(cfg.run_dir) / "codes.pt")
+    n_q, bins = next(iter(codes.values())).shape[0], int(m.codebook_size)
+
+    text_dir = run_dir / "text"
+    text_ids = write_text_tokenizer(text_dir, [c.text for c in train], m.bpe_merges)
+    text_tok = AutoTokenizer.from_pretrained(str(text_dir))
+    config = lm_config(text_ids, m.sizes, m.dual_ffn, n_q, bins)
+    with torch.random.fork_rng(devices=[], device_type="cpu"):
+        torch.manual_seed(cfg.seed)
+        model = HiggsAudioModel(config, text_head=False)
+    examples = [make_example(text_tok, config, c.text, codes[c.id]) for c in train]
+    held_out = [make_example(text_tok, config, c.text, codes[c.id]) for c in valid]
+
+    def step(i: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        pick = torch.randint(len(examples), (m.batch_size,), generator=generator)
+        return {"loss": audio_token_loss(model, *collate([examples[int(j)] for j in pick], config))}
+
+    @torch.no_grad()
+    def eval_fn(i: int) -> dict[str, float]:
+        losses = [
+            audio_token_loss(model, *collate(held_out[j : j + 8], config)) for j in range(0, len(held_out), 8)
+        ]
+        return {"valid_loss": float(torch.stack(losses).mean())}
+
+    run_training(model, model.parameters(), step, run_dir, m.steps, m.lr, m.warmup, cfg.seed, m.grad_clip,
+                 m.checkpoint_every, eval_fn, m.eval_every, title=f"mini LM ({m.name})")  # fmt: skip
+    return export_model(model, text_dir, run_dir / "model")
+
+
+def main() -> None:
+    import hydra
+
+    from higgslab.errors import cli_errors
+    from higgslab.train.loop import CONF
+
+    @hydra.main(version_base="1.3", config_path=CONF, config_name="train/lm")
+    def run(cfg: DictConfig) -> None:
+        with cli_errors():
+            print(f"wrote {train_lm(cfg)}")
+
+    run()
+
+
+if __name__ == "__main__":
+    main()
