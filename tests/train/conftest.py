@@ -1,0 +1,50 @@
+"""Shared fixtures: a handful of espeak-ng clips and tiny recipe settings (runs in seconds on a CPU)."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """Manifest of 12 generated clips (every 4th is validation); skipped only when espeak-ng cannot be had."""
+    from higgslab.errors import HiggsLabError
+    from higgslab.train.data import build_corpus, ensure_espeak
+
+    try:
+        ensure_espeak()
+    except HiggsLabError as e:
+        pytest.skip(f"espeak-ng is not installed and could not be installed: {e}")
+    return build_corpus(tmp_path_factory.mktemp("corpus"), sentences=12, seed=0, valid_every=4)
+
+
+TINY_WIDTHS = "{encoder_width: 2, latent_dim: 16, decoder_width: 32, codebook_dim: 4, n_q: 8, bins: 1024}"
+TINY_LM = "{hidden: 32, intermediate: 64, layers: 2, heads: 2, kv_heads: 1, max_positions: 1024}"
+
+
+def tiny_overrides(corpus, run_dir) -> list[str]:
+    """Hydra overrides turning experiment=mini into a few-second smoke run."""
+    return [
+        f"data.dir={corpus.parent}",
+        f"run_dir={run_dir}",
+        "threads=1",
+        f"tokenizer.widths={TINY_WIDTHS}",
+        "tokenizer.steps=3",
+        "tokenizer.batch_size=2",
+        "tokenizer.crop_frames=5",
+        "tokenizer.eval_clips=1",
+        "tokenizer.stft_windows=[512,128]",
+        f"lm.sizes={TINY_LM}",
+        "lm.steps=3",
+        "lm.batch_size=2",
+        "lm.bpe_merges=100",
+        "lm.eval_clips=2",
+    ]
+
+
+def compose(name: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from higgslab.train.loop import CONF
+
+    with initialize_config_dir(CONF, version_base="1.3"):
+        return hydra_compose(name, overrides=overrides)

@@ -1,0 +1,33 @@
+"""The whole recipe on a handful of clips: tokenizer stage, LM stage, export, speech through the real path."""
+
+import json
+
+import pytest
+import torch
+
+from .conftest import compose, tiny_overrides
+
+
+@pytest.mark.slow
+def test_recipe_end_to_end(corpus, tmp_path):
+    from higgslab.generate.generator import Generator
+    from higgslab.tokenizer.codec import load_tokenizer
+    from higgslab.train.export import export_mini
+    from higgslab.train.lm import train_lm
+    from higgslab.train.tokenizer import train_tokenizer
+
+    overrides = tiny_overrides(corpus, tmp_path / "run")
+    tok_dir = train_tokenizer(compose("train/tokenizer", overrides))
+    assert (tmp_path / "run/tokenizer/loss.png").is_file()
+    quality = json.loads((tmp_path / "run/tokenizer/quality.json").read_text())["quality"]
+    assert [row["k"] for row in quality] == list(range(1, 9))
+    assert load_tokenizer(tok_dir).format == "original"
+
+    train_lm(compose("train/lm", overrides))
+    history = torch.load(tmp_path / "run/lm/last.pt", weights_only=False)["history"]
+    assert "valid_loss" in history[-1] and (tmp_path / "run/lm/loss.png").is_file()
+
+    dest = export_mini(tmp_path / "run", tmp_path / "assets/mini")
+    gen = Generator.from_paths(dest / "model", dest / "tokenizer", device="cpu")
+    result = gen.generate(text="Anna found the key.", max_new_tokens=30, seed=1)
+    assert result.codes.shape[0] == 8
