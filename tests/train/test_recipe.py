@@ -2,13 +2,11 @@
 
 import json
 
-import pytest
 import torch
 
 from .conftest import compose, tiny_overrides
 
 
-@pytest.mark.slow
 def test_recipe_end_to_end(corpus, tmp_path):
     from higgslab.generate.generator import Generator
     from higgslab.tokenizer.codec import load_tokenizer
