@@ -20,11 +20,14 @@ from higgslab.generate.generator import Generator
 from higgslab.model.lm import HiggsAudioModel
 
 CONFIGS = {
-    # name: (hidden, layers, heads, kv_heads, intermediate, dtype, target ratio)
-    "overhead": (64, 28, 4, 2, 128, torch.float32, 3.0),
-    "mid": (1024, 8, 16, 4, 2816, torch.float32, 1.3),
-    "real": (3072, 28, 24, 8, 8192, torch.bfloat16, 1.0),
+    # name: (hidden, layers, heads, kv_heads, intermediate, dtype, target ratio, threads)
+    # The overhead config is pure dispatch: both contenders get one thread there (a second one only adds
+    # OpenMP hand-offs, which a busy machine turns into stalls); the others use every core, for bandwidth.
+    "overhead": (64, 28, 4, 2, 128, torch.float32, 3.0, 1),
+    "mid": (1024, 8, 16, 4, 2816, torch.float32, 1.3, None),
+    "real": (3072, 28, 24, 8, 8192, torch.bfloat16, 1.0, None),
 }
+DEFAULT_THREADS = torch.get_num_threads()
 PROMPT = torch.tensor(
     [128000, 128006, 9125, 128007, 271, 5, 6, 7, 128009, 128006, 78191, 128007, 271, 128013]
 )
@@ -38,7 +41,7 @@ def build(name: str):
     from higgslab.io.checkpoints import from_canonical
     from higgslab.tiny.model import REAL_ROPE, tiny_hf_config
 
-    hidden, layers, heads, kv, inter, dtype, _ = CONFIGS[name]
+    hidden, layers, heads, kv, inter, dtype, _, _ = CONFIGS[name]
     hf_config = tiny_hf_config(hidden=hidden, layers=layers, heads=heads, kv_heads=kv, intermediate=inter)
     hf_config.rope_parameters = dict(REAL_ROPE)
     config = HiggsConfig.from_dict(json_dict(hf_config))
@@ -95,8 +98,9 @@ def weight_bytes_per_step(model: HiggsAudioModel) -> int:
 
 
 def measure(name: str, short: int, long: int, compile: bool) -> None:
+    *_, target, threads = CONFIGS[name]
+    torch.set_num_threads(threads or DEFAULT_THREADS)
     ours, theirs = build(name)
-    target = CONFIGS[name][-1]
     eager = Generator(ours)
     runs = {
         "transformers": lambda n: theirs.generate(input_ids=PROMPT[None], max_new_tokens=n, do_sample=False)
@@ -112,7 +116,10 @@ def measure(name: str, short: int, long: int, compile: bool) -> None:
         same = torch.equal(eager.generate(PROMPT, max_new_tokens=short + 9, temperature=0).columns, reference)
         times = per_step(runs, short, long)
     t_ref = times.pop("transformers")
-    print(f"{name:9s} transformers {t_ref * 1e3:8.2f} ms/step  (same greedy codes as higgslab: {same})")
+    print(
+        f"{name:9s} transformers {t_ref * 1e3:8.2f} ms/step  ({torch.get_num_threads()} threads; "
+        f"same greedy codes as higgslab: {same})"
+    )
     for label, t in times.items():
         ratio = t_ref / t
         gbs = weight_bytes_per_step(ours) / t / 1e9
@@ -132,7 +139,7 @@ def main() -> None:
         "--compile", action="store_true", help="also measure higgslab with the compiled decode step"
     )
     args = p.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}")
     for name in args.configs:
         short, long = args.steps if name != "real" else (4, 12)
         for compile in (False, True) if args.compile else (False,):

@@ -6,6 +6,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
+import torch  # noqa: E402
+
+# Tiny models are all dispatch: on a shared 2-core machine a second intra-op thread only adds stalls.
+torch.set_num_threads(1)
+
 import pytest  # noqa: E402
 
 

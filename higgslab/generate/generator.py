@@ -32,6 +32,9 @@ from higgslab.generate import sampling
 from higgslab.model.lm import HiggsAudioModel
 
 
+CACHE_BUCKET = 256  # compiled decode steps: cache lengths are multiples of this
+
+
 @dataclass
 class SamplingSettings:
     temperature: float = 0.3
@@ -197,9 +200,15 @@ class Generator:
         result = self._results[0]
         if decode_audio and self.audio_tokenizer is not None:
             t0 = time.perf_counter()
-            result.audio = np.asarray(self.audio_tokenizer.decode(result.codes), dtype=np.float32)
+            result.audio = self._decode(result.codes)
             result.stats.audio_decode_s = time.perf_counter() - t0
         return result
+
+    def _decode(self, codes: torch.Tensor) -> np.ndarray:
+        """Codes `[n_q, F]` → float32 audio; no frame (stream closed at once) → no samples."""
+        if codes.shape[1] == 0:
+            return np.zeros(0, dtype=np.float32)
+        return np.asarray(self.audio_tokenizer.decode(codes), dtype=np.float32)
 
     def generate_long(
         self,
@@ -254,7 +263,7 @@ class Generator:
             pass
         if decode_audio and self.audio_tokenizer is not None:
             for r in self._results:
-                r.audio = np.asarray(self.audio_tokenizer.decode(r.codes), dtype=np.float32)
+                r.audio = self._decode(r.codes)
         return self._results
 
     def stream(
@@ -345,7 +354,10 @@ class Generator:
         reset_peak_memory(dev)
 
         t0 = time.perf_counter()
-        cache = model.new_cache(B, T + max_new_tokens)
+        length = T + max_new_tokens
+        if self.compile:  # a compiled step is specialised to the cache's shape: round it, to reuse the code
+            length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
+        cache = model.new_cache(B, length)
         model(ids, codes, mask, cache=cache, logits="none")
         cache.static = bool(self.compile)  # compiled steps see fixed shapes: the whole cache, masked
         synchronize(dev)

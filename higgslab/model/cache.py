@@ -12,7 +12,7 @@ import torch
 
 
 class StaticKVCache:
-    """Keys/values `[slots, B, kv_heads, max_len, head_dim]` plus per-position facts `[B, max_len]`.
+    """Keys/values, `slots` tensors of `[B, kv_heads, max_len, head_dim]`, plus per-position facts `[B, max_len]`.
 
     `valid`: a real token was written there (not padding, not empty); `is_audio`: it was an audio-out
     position (fast-forward and audio-only attention need that); `seen` `[B]`: real tokens so far per
@@ -29,9 +29,11 @@ class StaticKVCache:
         dtype: torch.dtype,
         device: torch.device | str,
     ):
-        shape = (slots, batch, kv_heads, max_len, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        # one tensor per slot, not one stacked tensor: a compiled step then mutates each in place (a view
+        # of a stacked input would be copied whole on every write)
+        shape = (batch, kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(slots)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(slots)]
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.is_audio = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.seen = torch.zeros(batch, dtype=torch.long, device=device)
@@ -73,9 +75,9 @@ class StaticKVCache:
             self.values[layer_idx].index_copy_(2, self.write_pos, value)
         else:  # the host knows where: a plain slice copy is several times cheaper
             start = self.used - key.shape[2]
-            self.keys[layer_idx, :, :, start : self.used] = key
-            self.values[layer_idx, :, :, start : self.used] = value
-        return self.keys[layer_idx, :, :, : self.span], self.values[layer_idx, :, :, : self.span]
+            self.keys[layer_idx][:, :, start : self.used] = key
+            self.values[layer_idx][:, :, start : self.used] = value
+        return self.keys[layer_idx][:, :, : self.span], self.values[layer_idx][:, :, : self.span]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return int(self.length)

@@ -176,3 +176,8 @@ def test_streamed_audio_equals_one_shot_audio(text_gen):
     assert audio.shape == one_shot.audio.shape
     assert np.abs(audio - one_shot.audio).max() < 1e-3
     assert text_gen.last_result.stats.time_to_first_audio_s > 0
+
+
+def test_no_complete_frame_gives_empty_audio(text_gen):
+    r = text_gen.generate(text="Hi.", max_new_tokens=4, seed=0)  # 4 steps: no frame is complete yet
+    assert r.codes.shape == (8, 0) and r.audio.shape == (0,) and r.duration_s == 0.0
