@@ -31,7 +31,6 @@ from higgslab.errors import HiggsLabError
 from higgslab.generate import sampling
 from higgslab.model.lm import HiggsAudioModel
 
-
 CACHE_BUCKET = 256  # compiled decode steps: cache lengths are multiples of this
 
 
