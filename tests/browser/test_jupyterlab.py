@@ -39,16 +39,15 @@ LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
 }
 
-pytestmark = pytest.mark.slow
-
-
 def ensure_chromium() -> str:
     if not Path(CHROMIUM).exists():
         if shutil.which("apt-get") is None:
             pytest.skip("chromium is not installed and apt-get is not available to install it")
-        done = subprocess.run(
-            ["apt-get", "install", "-y", "chromium"], capture_output=True, text=True, timeout=600
-        )
+        install = ["apt-get", "install", "-y", "chromium"]
+        done = subprocess.run(install, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update"], capture_output=True, timeout=600)
+            done = subprocess.run(install, capture_output=True, text=True, timeout=600)
         if done.returncode != 0 or not Path(CHROMIUM).exists():
             pytest.skip(f"chromium could not be installed: {done.stderr.strip().splitlines()[-1:]}")
     return CHROMIUM
