@@ -40,15 +40,17 @@ from higgslab.config import HiggsConfig, LayerKind
 class Route:
     """Which positions of a `[B, T]` batch are audio-out positions, computed once per forward.
 
-    mode: "audio" (all positions), "text" (none) or "mixed"; for "mixed", `audio_idx`/`text_idx` are
-    flat indices into `B * T`. `audio_mask` `[B, T]` is kept for the layers whose attention must see it
-    (fast-forward, audio self-attention).
+    mode: "audio" (all positions), "text" (none) or "mixed"; for "mixed", `order` lists the flat
+    positions (`B * T`) text first, then audio, so one gather makes each side a contiguous block.
+    `audio_mask` `[B, T]` is kept for the per-position norms and for the layers whose attention must see
+    it (fast-forward, audio self-attention).
     """
 
     mode: Literal["audio", "text", "mixed"]
     audio_mask: torch.Tensor | None = None
-    audio_idx: torch.Tensor | None = None
-    text_idx: torch.Tensor | None = None
+    order: torch.Tensor | None = None  # [B*T] flat positions, text ones first, then audio ones
+    unorder: torch.Tensor | None = None  # its inverse permutation
+    n_text: int = 0
 
     @classmethod
     def from_mask(cls, audio_mask: torch.Tensor) -> Route:
@@ -58,8 +60,8 @@ class Route:
             return cls("text", audio_mask)
         if n_audio == audio_mask.numel():
             return cls("audio", audio_mask)
-        flat = audio_mask.reshape(-1)
-        return cls("mixed", audio_mask, flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1))
+        order = torch.argsort(audio_mask.reshape(-1).to(torch.uint8), stable=True)  # text first, order kept
+        return cls("mixed", audio_mask, order, torch.argsort(order), audio_mask.numel() - n_audio)
 
     @classmethod
     def audio(cls) -> Route:
@@ -93,18 +95,30 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def routed(x: torch.Tensor, route: Route, text_fn, audio_fn) -> torch.Tensor:
-    """Apply `text_fn` to text positions and `audio_fn` to audio positions of `x` `[B, T, D]`."""
+    """Apply `text_fn` to text positions and `audio_fn` to audio positions of `x` `[B, T, D]`.
+
+    Mixed: one gather puts the text rows, then the audio rows, in two contiguous blocks; each function
+    runs on its block (`[N_text, D]`, `[N_audio, D]`); one gather puts the results back in place."""
     if route.mode == "text":
         return text_fn(x)
     if route.mode == "audio":
         return audio_fn(x)
-    flat = x.reshape(-1, x.shape[-1])
-    text_out = text_fn(flat.index_select(0, route.text_idx))
-    audio_out = audio_fn(flat.index_select(0, route.audio_idx))
-    out = flat.new_empty(flat.shape[0], text_out.shape[-1])
-    out.index_copy_(0, route.text_idx, text_out.to(out.dtype))
-    out.index_copy_(0, route.audio_idx, audio_out.to(out.dtype))
-    return out.view(*x.shape[:-1], -1)
+    grouped = x.reshape(-1, x.shape[-1]).index_select(0, route.order)
+    out = torch.cat([text_fn(grouped[: route.n_text]), audio_fn(grouped[route.n_text :])])
+    return out.index_select(0, route.unorder).view(*x.shape[:-1], -1)
+
+
+def routed_norm(h: torch.Tensor, route: Route, text_norm: nn.Module, audio_norm: nn.Module) -> torch.Tensor:
+    """Each position through its own RMSNorm, without moving rows: the statistics are the same
+    computation for both, only the scale differs, so a mixed batch picks the scale per position.
+    Bit-identical to applying each LlamaRMSNorm to its rows."""
+    if route.mode == "text":
+        return text_norm(h)
+    if route.mode == "audio":
+        return audio_norm(h)
+    hf = h.float()
+    normed = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + text_norm.variance_epsilon)).to(h.dtype)
+    return torch.where(route.audio_mask.unsqueeze(-1), audio_norm.weight, text_norm.weight) * normed
 
 
 @dataclass
@@ -152,12 +166,12 @@ class DualFFNLayer(nn.Module):
     def _text_ffn(self, h: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.post_attention_layernorm(h))
 
-    def _audio_ffn(self, h: torch.Tensor) -> torch.Tensor:
-        if self.audio_ffn == "skip":
-            return torch.zeros_like(h)
+    def _audio_path(self):
+        """(input norm, post-attention norm, FFN) for audio positions, as `audio_ffn` says."""
         if self.audio_ffn == "text":
-            return self._text_ffn(h)
-        return self.audio_mlp(self.audio_post_attention_layernorm(h))
+            return self.input_layernorm, self.post_attention_layernorm, self.mlp
+        ffn = torch.zeros_like if self.audio_ffn == "skip" else self.audio_mlp
+        return self.audio_input_layernorm, self.audio_post_attention_layernorm, ffn
 
     def _attend(self, attn: LlamaAttention, x, rope, mask, cache) -> torch.Tensor:
         out, _ = attn(hidden_states=x, position_embeddings=rope, attention_mask=mask, past_key_values=cache)
@@ -179,8 +193,8 @@ class DualFFNLayer(nn.Module):
         if self.kind == "llama" or route.mode == "text":
             return self._plain(h, route, rope, masks, cache)
 
-        audio_norm = self.input_layernorm if self.audio_ffn == "text" else self.audio_input_layernorm
-        x = routed(h, route, self.input_layernorm, audio_norm)
+        in_norm, post_norm, ffn = self._audio_path()
+        x = routed_norm(h, route, self.input_layernorm, in_norm)
         residual = h
         if self.has_audio_attn:
             # audio positions first attend among themselves; their residual and input are updated
@@ -189,7 +203,7 @@ class DualFFNLayer(nn.Module):
             residual = torch.where(is_audio, a, residual)
             x = torch.where(is_audio, self.audio_post_audio_attn_layer_norm(a), x)
         h = residual + self._attend(self.self_attn, x, rope, masks.shared, cache)
-        return h + routed(h, route, self._text_ffn, self._audio_ffn)
+        return h + routed(routed_norm(h, route, self.post_attention_layernorm, post_norm), route, self.mlp, ffn)
 
     def _plain(self, h, route, rope, masks, cache) -> torch.Tensor:
         """A Llama layer over all positions. Fast-forward layers hide every audio key from text queries
