@@ -12,11 +12,18 @@ text/audio segments as in a TTS training sample. The steps of the two stacks are
 best of `repeats` kept, so load from other processes hits both alike. Prints tokens/s for each and the
 ratio DualFFN / Llama (the seed article's figure: 0.91; target here: >= 0.95). `--profile` adds the
 top operators of one step of each stack.
+
+Memory: by default the process asks glibc to keep freed memory for reuse (`mallopt`), as the caching
+allocators of real training set-ups (jemalloc, tcmalloc, a GPU's) do. Under glibc's defaults every
+gradient buffer above 32 MB is a fresh `mmap`, page-faulted and zeroed on each step: that costs time in
+proportion to the parameter count (DualFFN has 1.75x a Llama layer's), measured here as up to 2/3 of a
+step, and hides the routing cost this bench is about. `--system-malloc` keeps glibc's defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import time
 
 import torch
@@ -35,6 +42,16 @@ def audio_mask(batch: int, seq: int, audio_share: float, segments: int = 4) -> t
         text = round((end - start) * (1 - audio_share))
         mask[:, start + text : end] = True
     return mask
+
+
+def keep_freed_memory() -> bool:
+    """glibc: serve every allocation from the heap (no per-buffer mmap) and never trim it back."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
 def build_stack(config: HiggsConfig, kind: str, dtype: torch.dtype) -> nn.ModuleList:
@@ -87,7 +104,10 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--system-malloc", action="store_true", help="keep glibc's default mmap/trim behaviour")
     args = ap.parse_args()
+    kept = False if args.system_malloc else keep_freed_memory()
+    print(f"memory: {'freed memory kept for reuse (mallopt)' if kept else 'glibc defaults'}")
 
     dtype = getattr(torch, args.dtype)
     config = HiggsConfig(num_layers=args.layers, dual_ffn_layers=tuple(range(args.layers)))
