@@ -203,7 +203,9 @@ class DualFFNLayer(nn.Module):
             residual = torch.where(is_audio, a, residual)
             x = torch.where(is_audio, self.audio_post_audio_attn_layer_norm(a), x)
         h = residual + self._attend(self.self_attn, x, rope, masks.shared, cache)
-        return h + routed(routed_norm(h, route, self.post_attention_layernorm, post_norm), route, self.mlp, ffn)
+        return h + routed(
+            routed_norm(h, route, self.post_attention_layernorm, post_norm), route, self.mlp, ffn
+        )
 
     def _plain(self, h, route, rope, masks, cache) -> torch.Tensor:
         """A Llama layer over all positions. Fast-forward layers hide every audio key from text queries

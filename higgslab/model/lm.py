@@ -187,7 +187,9 @@ class HiggsAudioModel(nn.Module):
     def _masks(self, route, key_valid, key_audio, query_at, padded: bool, cached) -> AttentionMasks:
         """Bool masks `[B, 1, T, S]`; every query sees itself, so no row is empty (padding rows included)."""
         # fast-forward layers hide audio keys from text queries whenever the sequence (cache included) has any
-        needs_text_only = "fast_forward" in self.config.layer_kinds and route.mode != "audio" and bool(key_audio.any())
+        needs_text_only = (
+            "fast_forward" in self.config.layer_kinds and route.mode != "audio" and bool(key_audio.any())
+        )
         needs_audio_only = route.mode != "text" and self.config.audio_self_attention
         if not (padded or cached is not None or needs_text_only or needs_audio_only):
             return AttentionMasks(shared=None)  # plain causal: sdpa's fused path

@@ -55,7 +55,8 @@ def special_tokens() -> dict[int, str]:
     return out
 
 
-def _train_bpe(merges: int) -> Tokenizer:
+def train_byte_level_bpe(lines: list[str], merges: int) -> Tokenizer:
+    """A byte-level BPE (GPT-2/Llama-3 style) of `256 + merges` tokens learned from `lines`."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -63,49 +64,48 @@ def _train_bpe(merges: int) -> Tokenizer:
     trainer = trainers.BpeTrainer(
         vocab_size=len(alphabet) + merges, initial_alphabet=alphabet, show_progress=False
     )
-    tok.train_from_iterator(TRAINING_TEXT.splitlines() * 4, trainer)
+    tok.train_from_iterator(lines, trainer)
     return tok
 
 
-def write_tiny_text_tokenizer(directory: str | Path, merges: int = 300) -> Path:
-    """Write `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json` into `directory`; return it."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    spec = json.loads(_train_bpe(merges).to_str())
-    vocab = spec["model"]["vocab"]
-    # fillers keep the real ids: BPE only emits tokens that merges build, and no merge builds these
-    vocab.update({f"<filler_{i}>": i for i in range(len(vocab), FIRST_SPECIAL_ID)})
-    specials = special_tokens()
+def save_llama3_style(spec: dict, specials: dict[int, str], directory: Path, model_max_length: int) -> Path:
+    """Give a trained BPE (`spec`: its tokenizer.json dict) the special tokens at the ids in `specials` and
+    Llama-3's habit of prepending `<|begin_of_text|>`, and write `tokenizer.json`, `tokenizer_config.json`
+    and `special_tokens_map.json` (loadable with `transformers.AutoTokenizer`)."""
     spec["added_tokens"] = [
         {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False}
         | {"normalized": False, "special": True}
         for i, s in specials.items()
     ]
-    # Llama-3 prepends <|begin_of_text|> when asked for special tokens
+    bos_id = next(i for i, s in specials.items() if s == "<|begin_of_text|>")
+    bos = {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}
     spec["post_processor"] = {
         "type": "TemplateProcessing",
-        "single": [
-            {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-            {"Sequence": {"id": "A", "type_id": 0}},
-        ],
-        "pair": [
-            {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-            {"Sequence": {"id": "A", "type_id": 0}},
-            {"Sequence": {"id": "B", "type_id": 1}},
-        ],
+        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
         "special_tokens": {
-            "<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000], "tokens": ["<|begin_of_text|>"]}
+            "<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [bos_id], "tokens": ["<|begin_of_text|>"]}
         },
     }
     (directory / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
     special_map = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": 131072,
+        "model_max_length": model_max_length,
         "clean_up_tokenization_spaces": False,
         "model_input_names": ["input_ids", "attention_mask"],
-        **special_map,
     }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, **special_map}, indent=2))
     (directory / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
     return directory
+
+
+def write_tiny_text_tokenizer(directory: str | Path, merges: int = 300) -> Path:
+    """Write `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json` into `directory`; return it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = json.loads(train_byte_level_bpe(TRAINING_TEXT.splitlines() * 4, merges).to_str())
+    vocab = spec["model"]["vocab"]
+    # fillers keep the real ids: BPE only emits tokens that merges build, and no merge builds these
+    vocab.update({f"<filler_{i}>": i for i in range(len(vocab), FIRST_SPECIAL_ID)})
+    return save_llama3_style(spec, special_tokens(), directory, model_max_length=131072)

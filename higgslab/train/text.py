@@ -11,25 +11,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from higgslab.generate.prompt import SYSTEM_MESSAGE
-from higgslab.tiny.text import FIRST_SPECIAL_ID, special_tokens
+from higgslab.tiny.text import FIRST_SPECIAL_ID, save_llama3_style, special_tokens, train_byte_level_bpe
 
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def train_bpe(texts: list[str], merges: int) -> Tokenizer:
     """Byte-level BPE with `256 + merges` tokens learned from `texts` (plus the prompt's system line)."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(
-        vocab_size=len(alphabet) + merges, initial_alphabet=alphabet, show_progress=False
-    )
-    tok.train_from_iterator([SYSTEM_MESSAGE, "system", "user", "assistant", *texts], trainer)
-    return tok
+    return train_byte_level_bpe([SYSTEM_MESSAGE, "system", "user", "assistant", *texts], merges)
 
 
 def write_text_tokenizer(directory: str | Path, texts: list[str], merges: int = 1000) -> dict[str, int]:
@@ -38,31 +30,9 @@ def write_text_tokenizer(directory: str | Path, texts: list[str], merges: int = 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     spec = json.loads(train_bpe(texts, merges).to_str())
-    first = len(spec["model"]["vocab"])
+    first = len(spec["model"]["vocab"])  # the special tokens follow the small vocabulary, in Llama-3's order
     specials = {first + i - FIRST_SPECIAL_ID: s for i, s in special_tokens().items()}
-    spec["added_tokens"] = [
-        {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False}
-        | {"normalized": False, "special": True}
-        for i, s in specials.items()
-    ]
-    bos = {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}
-    spec["post_processor"] = {  # Llama-3 prepends <|begin_of_text|> when asked for special tokens
-        "type": "TemplateProcessing",
-        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-        "special_tokens": {
-            "<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [first], "tokens": ["<|begin_of_text|>"]}
-        },
-    }
-    (directory / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
-    special_map = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": 4096,
-        "clean_up_tokenization_spaces": False,
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps({**config, **special_map}, indent=2))
-    (directory / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
+    save_llama3_style(spec, specials, directory, model_max_length=4096)
     return special_token_ids(directory)
 
 

@@ -39,6 +39,7 @@ LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
 }
 
+
 def ensure_chromium() -> str:
     if not Path(CHROMIUM).exists():
         if shutil.which("apt-get") is None:

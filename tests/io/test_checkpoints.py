@@ -124,7 +124,9 @@ def test_configs_read_real_files_and_rope():
     assert cfg.codebook_entries == 1026 and cfg.audio_out_token_id == 128016
     back = HiggsConfig.from_dict(HiggsConfig.from_dict(cfg.to_transformers_dict()).to_original_dict())
     assert back == cfg
-    small = cfg.replace(vocab_size=1500, eot_token_id=1290, audio_delay_token_id=1295, audio_bos_token_id=1292)
+    small = cfg.replace(
+        vocab_size=1500, eot_token_id=1290, audio_delay_token_id=1295, audio_bos_token_id=1292
+    )
     assert HiggsConfig.from_dict(small.to_original_dict()) == small  # small vocabularies keep their ids
     partial = HiggsConfig.from_dict({**cfg.raw, "audio_dual_ffn_layers": [0, 5]})
     assert partial.layer_kind(0) == "dual_ffn" and partial.layer_kind(1) == "fast_forward"
