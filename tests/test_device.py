@@ -14,8 +14,9 @@ from higgslab.errors import HiggsLabError
 def fake_npu(monkeypatch):
     """A stand-in `torch_npu` module and `torch.npu` namespace (as vllm-ascend's unit tests do).
 
-    Like the real torch_npu it names the privateuse1 backend "npu" so that `torch.device("npu")` parses;
-    that rename is process-wide and permanent, harmless to the other tests.
+    Like the real torch_npu it names the privateuse1 backend "npu" so that `torch.device("npu")` parses.
+    That rename is process-wide and permanent, and from then on torch reports "npu" as the accelerator
+    (optimizers and `fork_rng` ask it), so afterwards `torch.npu` stays as a stand-in saying "none here".
     """
     if torch._C._get_privateuse1_backend_name() != "npu":
         torch.utils.rename_privateuse1_backend("npu")
@@ -30,9 +31,10 @@ def fake_npu(monkeypatch):
         NPUGraph=object,
     )
     monkeypatch.setitem(sys.modules, "torch_npu", types.ModuleType("torch_npu"))
-    monkeypatch.setattr(torch, "npu", npu, raising=False)
+    torch.npu = npu
     npu.calls = calls
-    return npu
+    yield npu
+    torch.npu = types.SimpleNamespace(is_available=lambda: False, device_count=lambda: 0)
 
 
 def test_auto_is_cpu_here_and_cpu_defaults():
