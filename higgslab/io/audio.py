@@ -8,13 +8,12 @@ are resampled with soxr "HQ", which is what `librosa.resample` (the original's c
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from higgslab.errors import HiggsLabError
+from higgslab.io.atomic import atomic_write
 
 TOKENIZER_RATE = 24000
 
@@ -100,12 +99,4 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int, overwrite: 
         raise HiggsLabError(f"directory does not exist: {path.parent}")
     mono = np.clip(to_mono(audio), -1.0, 1.0)
     rate = check_rate(sample_rate)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        sf.write(tmp, mono, rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: sf.write(tmp, mono, rate, subtype="PCM_16", format="WAV"))

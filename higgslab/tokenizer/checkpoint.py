@@ -14,14 +14,13 @@ so a missing, extra or misshaped tensor is reported by its on-disk name.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
 from higgslab.errors import HiggsLabError
+from higgslab.io.atomic import atomic_write
 from higgslab.tokenizer.model import CodecConfig, HiggsAudioCodec
 
 DAC_INNER = ("snake1", "conv1", "snake2", "conv2")  # a DAC residual unit's layers, in order
@@ -393,15 +392,3 @@ def save_codec(model: HiggsAudioCodec, directory: str | Path, fmt: str = "origin
             directory / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"})
         )
     return directory
-
-
-def atomic_write(target: Path, write) -> None:
-    """Call `write(tmp_path)` then rename onto `target`, so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -1,5 +1,6 @@
 """`python -m higgslab.generate`: a valid WAV end to end on tiny checkpoints, retries, one-line errors."""
 
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ def generate(tmp_path, *overrides, cache=None):
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**__import__("os").environ, "HIGGSLAB_CACHE": env_cache},
+        env={**os.environ, "HIGGSLAB_CACHE": env_cache},
         timeout=300,
     )
 
@@ -34,6 +35,9 @@ def test_writes_a_24k_mono_16bit_wav_with_a_comma_in_the_text(tmp_path, cache):
     info = sf.info(tmp_path / "out" / "output_1.wav")
     assert (info.samplerate, info.channels, info.subtype) == (24000, 1, "PCM_16")
     assert info.frames == 32 * 960  # 40 steps, no eos: 32 complete frames of 960 samples
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out" / "output_1.wav").stat().st_mode & 0o777 == 0o666 & ~umask  # not owner-only
     for line in ("model: embedded tiny RANDOM", "device: cpu", "parameters:", "prompt:", "frames/s", "wrote"):
         assert line in proc.stdout
 
