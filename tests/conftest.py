@@ -1,6 +1,7 @@
 """Shared pytest setup: deterministic, single-threaded-friendly, offline."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -45,3 +46,7 @@ def embedded_cache(tmp_path_factory):
     finally:
         mp.undo()
     return root, model_dir, tokenizer_dir
+
+
+# The real generation model's config.json (Boson's original layout), as published: shapes at real size.
+REAL_CONFIG = Path(__file__).parent / "data" / "generation-original.config.json"

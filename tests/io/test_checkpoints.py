@@ -11,6 +11,7 @@ import higgslab
 from higgslab.config import HiggsConfig
 from higgslab.io.checkpoints import read_checkpoint
 from higgslab.io.convert import write_checkpoint
+from tests.conftest import REAL_CONFIG
 
 
 def copy(src, tmp_path, name="ckpt"):
@@ -118,7 +119,7 @@ def test_layout_and_config_must_agree(lm_checkpoints, tmp_path):
 
 
 def test_configs_read_real_files_and_rope():
-    cfg = HiggsConfig.from_file("../shared/reference/generation-original.config.json")
+    cfg = HiggsConfig.from_file(REAL_CONFIG)
     assert cfg.layer_kinds == ["dual_ffn"] * 28
     assert cfg.rope["rope_type"] == "llama3" and cfg.rope["low_freq_factor"] == 1.0
     assert cfg.codebook_entries == 1026 and cfg.audio_out_token_id == 128016

@@ -6,6 +6,7 @@ import torch
 import higgslab
 from higgslab.config import HiggsConfig
 from higgslab.model.lm import HiggsAudioModel
+from tests.conftest import REAL_CONFIG
 
 AUDIO_OUT, AUDIO_OUT_BOS, AUDIO_EOS = 128016, 128013, 128012
 
@@ -76,7 +77,7 @@ def test_cached_prefill_and_audio_decode_equal_one_shot_forward(lm_checkpoints):
 
 
 def test_real_size_parameter_count_on_meta_device():
-    config = HiggsConfig.from_file("../shared/reference/generation-original.config.json")
+    config = HiggsConfig.from_file(REAL_CONFIG)
     with torch.device("meta"):
         model = HiggsAudioModel(config)
     assert model.num_parameters() == 5_771_283_456
