@@ -34,7 +34,9 @@ def fake_npu(monkeypatch):
     torch.npu = npu
     npu.calls = calls
     yield npu
-    torch.npu = types.SimpleNamespace(is_available=lambda: False, device_count=lambda: 0)
+    torch.npu = types.SimpleNamespace(
+        is_available=lambda: False, device_count=lambda: 0, manual_seed_all=lambda seed: None
+    )
 
 
 def test_auto_is_cpu_here_and_cpu_defaults():
