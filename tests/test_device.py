@@ -29,6 +29,8 @@ def fake_npu(monkeypatch):
         max_memory_allocated=lambda device=None: 12345,
         reset_peak_memory_stats=lambda device=None: calls.append("reset"),
         NPUGraph=object,
+        manual_seed_all=lambda seed: None,  # torch caches this module as the accelerator's: seeding asks it
+        _is_in_bad_fork=lambda: False,
     )
     monkeypatch.setitem(sys.modules, "torch_npu", types.ModuleType("torch_npu"))
     torch.npu = npu
