@@ -37,7 +37,10 @@ def fake_npu(monkeypatch):
     npu.calls = calls
     yield npu
     torch.npu = types.SimpleNamespace(
-        is_available=lambda: False, device_count=lambda: 0, manual_seed_all=lambda seed: None
+        is_available=lambda: False,
+        device_count=lambda: 0,
+        manual_seed_all=lambda seed: None,
+        _is_in_bad_fork=lambda: False,
     )
 
 
