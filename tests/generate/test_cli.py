@@ -107,3 +107,25 @@ def test_help_and_cfg_job_work_as_hydra_users_expect(tmp_path):
 def test_quote_free_text_keeps_quoted_and_other_arguments():
     assert quote_free_text(["text=a, b", "seed=3", "text='q'"]) == ["text='a, b'", "seed=3", "text='q'"]
     assert quote_free_text(["scene=it's"]) == ["scene='it\\'s'"]
+
+
+def test_voice_cloning_from_a_wav_file_with_a_scene(tmp_path, cache):
+    import numpy as np
+
+    t = np.arange(24000 * 2) / 24000
+    sf.write(tmp_path / "voice.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 24000)
+    proc = generate(
+        tmp_path,
+        "text=Say this, please.",
+        "ref_audio=voice.wav",
+        "ref_text=A reference voice.",
+        "scene=A quiet room.",
+        "max_new_tokens=20",
+        "min_duration_s=0",
+        "output_dir=out",
+        cache=cache,
+    )
+    assert proc.returncode == 0, proc.stderr
+    prompt_tokens = int(proc.stdout.split("prompt: ")[1].split()[0])
+    assert prompt_tokens > 50 + 50  # the 2 s reference enters as 50 frames + 9 delayed columns
+    assert sf.info(tmp_path / "out" / "output_1.wav").frames == 12 * 960
