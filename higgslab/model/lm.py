@@ -201,12 +201,13 @@ class HiggsAudioModel(nn.Module):
         def build(keys: torch.Tensor) -> torch.Tensor:  # keys [B, S] → [B, 1, T, S]
             return ((keys[:, None, :] & causal) | itself)[:, None]
 
-        q_audio = route.audio_mask if route.audio_mask is not None else None
         audio_only = None
         if needs_audio_only:
             audio_only = build(key_valid & key_audio)
-            if q_audio is not None:  # text queries of the audio attention are discarded: any row works
-                audio_only = audio_only | ~q_audio[:, None, :, None]
+            if (
+                route.audio_mask is not None
+            ):  # text queries of the audio attention are discarded: any row works
+                audio_only = audio_only | ~route.audio_mask[:, None, :, None]
         return AttentionMasks(
             shared=build(key_valid),
             text_only=build(key_valid & ~key_audio) if needs_text_only else None,
