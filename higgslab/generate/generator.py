@@ -439,7 +439,8 @@ class Generator:
             return column, history, state
 
         if self.compile:
-            mode = "reduce-overhead" if self.compile == "reduce-overhead" else None
+            # True: torch.compile's default mode; a string is a torch.compile mode ("reduce-overhead" = CUDA graphs)
+            mode = self.compile if isinstance(self.compile, str) else None
             step = torch.compile(step, dynamic=False, mode=mode)
         self._steps[key] = step
         return step
