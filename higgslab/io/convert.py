@@ -2,20 +2,20 @@
 
 The NPU port's weight-remapping tool, both directions: keys renamed (see `io.checkpoints`), configs
 rewritten, tensors copied bit for bit, written in shards with an index. The output appears whole or not
-at all: it is built in a temporary sibling directory and renamed into place at the end.
+at all (`io.atomic.atomic_dir`).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from higgslab.config import HiggsConfig
 from higgslab.errors import HiggsLabError
+from higgslab.io.atomic import atomic_dir
 from higgslab.io.checkpoints import INDEX, from_canonical, read_checkpoint
 
 CONFIG_WRITERS = {"original": HiggsConfig.to_original_dict, "transformers": HiggsConfig.to_transformers_dict}
@@ -79,17 +79,10 @@ def convert(
     config, tensors, _ = read_checkpoint(src)
     if to == "transformers":
         CONFIG_WRITERS[to](config)  # raises for layouts the transformers format cannot hold, before writing
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         write_checkpoint(tmp, config, tensors, to, max_shard_bytes)
         for f in src.iterdir():
             is_weights = f.name in WEIGHT_FILES or f.name.endswith(".safetensors")
             if f.is_file() and not is_weights:
                 shutil.copy2(f, tmp / f.name)
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.rename(dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dst

@@ -11,12 +11,12 @@ loaded back before the function returns, and the total size is checked against t
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from higgslab.errors import HiggsLabError
+from higgslab.io.atomic import atomic_dir
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "mini"
 BUDGET_BYTES = 30 * 2**20
@@ -40,9 +40,7 @@ def export_mini(
     for d in (model_dir, tok_dir):
         if not (d / "config.json").is_file():
             raise HiggsLabError(f"{d}: not trained yet (run python -m higgslab.train.tokenizer / .lm first)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         export_model(load_model(model_dir), model_dir, tmp / "model", dtype)
         shutil.copytree(tok_dir, tmp / "tokenizer")
         size = directory_bytes(tmp)
@@ -51,11 +49,6 @@ def export_mini(
                 f"mini export is {size / 2**20:.1f} MiB, over the {BUDGET_BYTES / 2**20:.0f} MiB budget"
             )
         load_model(tmp / "model"), load_tokenizer(tmp / "tokenizer")  # the real loading path, before shipping
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
