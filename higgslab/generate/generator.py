@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,56 +28,11 @@ from higgslab import delay
 from higgslab.device import peak_memory, reset_peak_memory, synchronize
 from higgslab.errors import HiggsLabError
 from higgslab.generate import sampling
+from higgslab.generate.result import GenerationResult, GenerationStats
+from higgslab.generate.sampling import SamplingSettings
 from higgslab.model.lm import HiggsAudioModel
 
 CACHE_BUCKET = 256  # compiled decode steps: cache lengths are multiples of this
-
-
-@dataclass
-class SamplingSettings:
-    temperature: float = 0.3
-    top_k: int = 50
-    top_p: float = 0.95
-    ras_window: int = 7
-    ras_max_repeat: int = 2
-
-    def check(self) -> None:
-        sampling.check_settings(self.temperature, self.top_k, self.top_p, self.ras_max_repeat)
-        if self.ras_window < 0:
-            raise HiggsLabError(f"ras_window must be >= 0 (0 = off), got {self.ras_window}")
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    steps: int = 0
-    frames: int = 0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    time_to_first_audio_s: float | None = None
-    audio_decode_s: float = 0.0
-    peak_memory_bytes: int | None = None
-    device: str = "cpu"
-
-    @property
-    def frames_per_s(self) -> float:
-        """Generated LM steps (one audio column each) per second of decoding."""
-        return self.steps / self.decode_s if self.decode_s > 0 else float("nan")
-
-
-@dataclass
-class GenerationResult:
-    codes: torch.Tensor  # [n_q, F], delay reverted, stream tokens removed, values in [0, codebook_size)
-    columns: torch.Tensor  # [n_q, steps] the delayed columns as generated (stream bos/eos included)
-    finished: bool  # every codebook emitted stream-eos before max_new_tokens
-    sample_rate: int = 24000
-    audio: np.ndarray | None = None  # float32 [samples] when an audio tokenizer is attached
-    seed: int | None = None
-    stats: GenerationStats = field(default_factory=GenerationStats)
-
-    @property
-    def duration_s(self) -> float:
-        return 0.0 if self.audio is None else len(self.audio) / self.sample_rate
 
 
 class Generator:

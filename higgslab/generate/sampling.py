@@ -15,6 +15,8 @@ seed-dependent when a repetition triggers; turn RAS off (no history / window 0) 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from higgslab.errors import HiggsLabError
@@ -94,3 +96,19 @@ def sample(
     repeats = (history == tokens[:, None, :]).sum(dim=1)
     redrawn = race(logits.softmax(dim=-1), generator)
     return torch.where(repeats >= ras_max_repeat, redrawn, tokens)
+
+
+@dataclass
+class SamplingSettings:
+    """The sampling knobs of one generation (the NPU port's defaults), checked before any work."""
+
+    temperature: float = 0.3
+    top_k: int = 50
+    top_p: float = 0.95
+    ras_window: int = 7
+    ras_max_repeat: int = 2
+
+    def check(self) -> None:
+        check_settings(self.temperature, self.top_k, self.top_p, self.ras_max_repeat)
+        if self.ras_window < 0:
+            raise HiggsLabError(f"ras_window must be >= 0 (0 = off), got {self.ras_window}")

@@ -1,0 +1,41 @@
+"""What a generation returns: the codes, the delayed columns as generated, audio, and timing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    steps: int = 0
+    frames: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    time_to_first_audio_s: float | None = None
+    audio_decode_s: float = 0.0
+    peak_memory_bytes: int | None = None
+    device: str = "cpu"
+
+    @property
+    def frames_per_s(self) -> float:
+        """Generated LM steps (one audio column each) per second of decoding."""
+        return self.steps / self.decode_s if self.decode_s > 0 else float("nan")
+
+
+@dataclass
+class GenerationResult:
+    codes: torch.Tensor  # [n_q, F], delay reverted, stream tokens removed, values in [0, codebook_size)
+    columns: torch.Tensor  # [n_q, steps] the delayed columns as generated (stream bos/eos included)
+    finished: bool  # every codebook emitted stream-eos before max_new_tokens
+    sample_rate: int = 24000
+    audio: np.ndarray | None = None  # float32 [samples] when an audio tokenizer is attached
+    seed: int | None = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    @property
+    def duration_s(self) -> float:
+        return 0.0 if self.audio is None else len(self.audio) / self.sample_rate
