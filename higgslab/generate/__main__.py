@@ -52,11 +52,12 @@ def run(cfg: DictConfig) -> Path:
     size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
     print(f"device: {gen.model.device} ({gen.model.dtype}), parameters: {size} ({n:,})")
 
+    ids, codes = gen.prompt(
+        text, cfg.scene, cfg.ref_audio, cfg.ref_text
+    )  # once: retries change the seed only
+    print(f"prompt: {len(ids)} tokens")
     seed = cfg.seed
     for attempt in range(cfg.max_retries + 1):
-        ids, codes = gen.prompt(text, cfg.scene, cfg.ref_audio, cfg.ref_text)
-        if attempt == 0:
-            print(f"prompt: {len(ids)} tokens")
         with tqdm(total=cfg.max_new_tokens, desc="generating", unit="frame", file=sys.stdout) as bar:
             result = gen.generate(
                 ids,

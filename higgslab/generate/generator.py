@@ -17,6 +17,7 @@ the NPU port's generate do. N steps without eos give N - n_q complete frames (FO
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,11 +119,8 @@ class Generator:
         if self.audio_tokenizer is None:
             raise HiggsLabError("a reference audio needs an audio tokenizer (tokenizer_path)")
         if isinstance(ref_audio, (str, Path)):
-            from higgslab.io.audio import read_audio
-
-            wav, sr = read_audio(ref_audio)
-        else:
-            wav, sr = ref_audio
+            return self.audio_tokenizer.encode_file(ref_audio)
+        wav, sr = ref_audio
         return self.audio_tokenizer.encode(wav, sr)
 
     # ---- generation ------------------------------------------------------------------------------------------
@@ -148,9 +146,10 @@ class Generator:
         audio placeholders), or `text` (+ `scene`, `ref_audio` path/codes, `ref_text`)."""
         settings = SamplingSettings(temperature, top_k, top_p, ras_window, ras_max_repeat)
         ids, codes = self._one_prompt(prompt_ids, audio_codes, text, scene, ref_audio, ref_text)
-        for _ in self._run([ids], [codes], max_new_tokens, settings, seed, stream=False, progress=progress):
+        results: list[GenerationResult] = []
+        for _ in self._run([ids], [codes], max_new_tokens, settings, seed, results, progress=progress):
             pass
-        result = self._results[0]
+        result = results[0]
         if decode_audio and self.audio_tokenizer is not None:
             t0 = time.perf_counter()
             result.audio = self._decode(result.codes)
@@ -212,12 +211,13 @@ class Generator:
         decode_audio = kw.pop("decode_audio", True)
         settings = SamplingSettings(**kw)
         codes = audio_codes or [None] * len(prompts)
-        for _ in self._run(list(prompts), codes, max_new_tokens, settings, seed, stream=False):
+        results: list[GenerationResult] = []
+        for _ in self._run(list(prompts), codes, max_new_tokens, settings, seed, results):
             pass
         if decode_audio and self.audio_tokenizer is not None:
-            for r in self._results:
+            for r in results:
                 r.audio = self._decode(r.codes)
-        return self._results
+        return results
 
     def stream(
         self,
@@ -240,7 +240,8 @@ class Generator:
         pending: list[torch.Tensor] = []
         t_start = time.perf_counter()
         first = None
-        for frames in self._run([ids], [codes], max_new_tokens, settings, seed, stream=True):
+        results: list[GenerationResult] = []
+        for frames in self._run([ids], [codes], max_new_tokens, settings, seed, results, stream=True):
             pending.append(frames)
             if sum(f.shape[1] for f in pending) < chunk_frames:
                 continue
@@ -261,7 +262,7 @@ class Generator:
                 yield out
         elif tail is not None:
             yield tail
-        self.last_result = self._results[0]
+        self.last_result = results[0]
         self.last_result.stats.time_to_first_audio_s = first
 
     def _one_prompt(self, prompt_ids, audio_codes, text, scene, ref_audio, ref_text):
@@ -285,12 +286,13 @@ class Generator:
         max_new_tokens,
         settings: SamplingSettings,
         seed,
-        stream: bool,
+        results: list[GenerationResult],
+        stream: bool = False,
         progress=None,
     ):
         """Prefill every prompt (left-padded), then decode; yields `[n_q, k]` newly complete frames of row 0
-        when `stream`; calls `progress(n_steps)` at each host sync. Leaves one `GenerationResult` per
-        prompt in `self._results`."""
+        when `stream`; calls `progress(n_steps)` at each host sync. Appends one `GenerationResult` per
+        prompt to `results` when done."""
         settings.check()
         if max_new_tokens < 1:
             raise HiggsLabError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -355,15 +357,21 @@ class Generator:
             progress(steps % self.sync_every)
         stats.steps = steps
         stats.peak_memory_bytes = peak_memory(dev)
-        self._results = []
         cols = columns[:, :steps].cpu()
         done, end_frame = state.done.cpu(), state.end_frame.cpu()
+        rate = self.audio_tokenizer.sample_rate if self.audio_tokenizer is not None else 24000
         for b in range(B):
             frames = delay.finished_frames(cols[b].T, c.codebook_size, end_frame=end_frame[b])
-            s = GenerationStats(**{**stats.__dict__, "frames": frames.shape[1]})
-            r = GenerationResult(codes=frames, columns=cols[b].T, finished=bool(done[b]), seed=seed, stats=s)
-            r.sample_rate = self.audio_tokenizer.sample_rate if self.audio_tokenizer is not None else 24000
-            self._results.append(r)
+            results.append(
+                GenerationResult(
+                    codes=frames,
+                    columns=cols[b].T,
+                    finished=bool(done[b]),
+                    sample_rate=rate,
+                    seed=seed,
+                    stats=dataclasses.replace(stats, frames=frames.shape[1]),
+                )
+            )
 
     def _step_fn(self, settings: SamplingSettings):
         """The decode step: logits → sampled column → delay forcing; pure device work, fixed shapes.
@@ -379,7 +387,7 @@ class Generator:
         def step(column, history, state, cache):
             logits = model.decode_audio_step(column, cache)
             sampled = sampling.sample(
-                logits.float(),
+                logits,  # sample() works in float32
                 temperature=settings.temperature,
                 top_k=settings.top_k,
                 top_p=settings.top_p,
