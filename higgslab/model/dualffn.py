@@ -81,12 +81,15 @@ def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     return torch.mm(x, layer.weight.t())
 
 
-def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """transformers' LlamaRMSNorm, op for op (normalise in float32, cast back, then scale)."""
+def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The unscaled half of transformers' LlamaRMSNorm, op for op: normalise in float32, cast back."""
     xf = x.float()
-    return norm.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)).to(
-        x.dtype
-    )
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """`norm(x)` without the module call (the decode step counts microseconds)."""
+    return norm.weight * _normalize(x, norm.variance_epsilon)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -116,9 +119,8 @@ def routed_norm(h: torch.Tensor, route: Route, text_norm: nn.Module, audio_norm:
         return text_norm(h)
     if route.mode == "audio":
         return audio_norm(h)
-    hf = h.float()
-    normed = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + text_norm.variance_epsilon)).to(h.dtype)
-    return torch.where(route.audio_mask.unsqueeze(-1), audio_norm.weight, text_norm.weight) * normed
+    scale = torch.where(route.audio_mask.unsqueeze(-1), audio_norm.weight, text_norm.weight)
+    return scale * _normalize(h, text_norm.variance_epsilon)
 
 
 @dataclass
@@ -162,9 +164,6 @@ class DualFFNLayer(nn.Module):
     def attn_slots(self) -> int:
         """KV-cache slots this layer uses (2 with a separate audio attention)."""
         return 2 if self.has_audio_attn else 1
-
-    def _text_ffn(self, h: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.post_attention_layernorm(h))
 
     def _audio_path(self):
         """(input norm, post-attention norm, FFN) for audio positions, as `audio_ffn` says."""
@@ -213,7 +212,7 @@ class DualFFNLayer(nn.Module):
         ff = self.kind == "fast_forward"
         mask = masks.text_only if ff and masks.text_only is not None else masks.shared
         out = h + self._attend(self.self_attn, self.input_layernorm(h), rope, mask, cache)
-        out = out + self._text_ffn(out)
+        out = out + self.mlp(self.post_attention_layernorm(out))
         if ff and route.mode == "mixed":
             out = torch.where(route.audio_mask.unsqueeze(-1), h, out)
         return out
