@@ -152,7 +152,7 @@ def check_state_dict(
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise HiggsLabError(
-            f"checkpoint lacks tensor {from_canonical(missing[0], fmt)}"
+            f"{Path(next(iter(where.values()))).parent}: checkpoint lacks tensor {from_canonical(missing[0], fmt)}"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
     for k, v in tensors.items():
