@@ -46,12 +46,9 @@ class StaticKVCache:
         self.static = False
         self.padded = False  # some row has padding slots: eager steps then need a mask
 
-    @property
-    def batch(self) -> int:
-        return self.valid.shape[0]
-
-    def begin(self, n: int, valid: torch.Tensor, is_audio: torch.Tensor) -> None:
-        """Claim the next `n` positions for this forward; `valid`/`is_audio` are `[B, n]` bools.
+    def begin(self, n: int, valid: torch.Tensor, is_audio: torch.Tensor, padded: bool = False) -> None:
+        """Claim the next `n` positions for this forward; `valid`/`is_audio` are `[B, n]` bools, and
+        `padded` says (the caller knows, without asking the device) whether `valid` has a False in it.
 
         Pure tensor ops: the write position lives on the device, so this runs inside a captured graph.
         """
@@ -61,7 +58,7 @@ class StaticKVCache:
         self.length += n
         if not self.static:  # host-side bookkeeping, for eager steps only (graphs see device tensors)
             self.used += n
-            self.padded = self.padded or not bool(valid.all())  # a host sync, paid in eager prefills only
+            self.padded = self.padded or padded
 
     @property
     def span(self) -> int:
@@ -78,12 +75,3 @@ class StaticKVCache:
             self.keys[layer_idx][:, :, start : self.used] = key
             self.values[layer_idx][:, :, start : self.used] = value
         return self.keys[layer_idx][:, :, : self.span], self.values[layer_idx][:, :, : self.span]
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return int(self.length)
-
-    def reset(self) -> None:
-        for t in (self.valid, self.is_audio, self.seen, self.length):
-            t.zero_()
-        self.used = 0
-        self.padded = False

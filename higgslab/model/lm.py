@@ -128,7 +128,7 @@ class HiggsAudioModel(nn.Module):
             start = cache.seen[:, None] if cache is not None else 0
             position_ids = (start + valid.long().cumsum(1) - 1).clamp(min=0)
         if cache is not None:
-            cache.begin(T, valid, is_audio_out)
+            cache.begin(T, valid, is_audio_out, padded=attention_mask is not None and not bool(valid.all()))
             cache.seen += valid.long().sum(1)
             key_valid, key_audio = cache.valid[:, : cache.span], cache.is_audio[:, : cache.span]
             query_at = cache.write_pos
