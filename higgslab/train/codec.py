@@ -14,6 +14,13 @@ straight-through gradient to the encoder, commitment loss pulling `project_in(re
 codebooks (buffers, not parameters) moved by an exponential moving average of the vectors assigned to them,
 and codes unused for a while restarted on random vectors of the current batch. Quantizer dropout (decoding
 from a random prefix of k codebooks) teaches the decoder every k = 1..n_q, so quality rises with k.
+
+Warm-up (`quantize=False`): each level passes `project_in(residual)` itself to `project_out`, a linear
+bottleneck with no codeword, so encoder, projections and decoder first learn a latent that carries the
+audio. Quantising from the first step collapses here: an untrained encoder's latent is nearly constant, the
+codebooks seeded from it all sit together, and the decoder learns to ignore the codes (two codes in use per
+level after 1000 steps, reconstruction no better with 8 codebooks than with 1). Codebooks are seeded from
+the warmed-up latent, and every code starts with the average count, so one left unused is soon restarted.
 """
 
 from __future__ import annotations
@@ -90,7 +97,8 @@ class CodecTrainer(nn.Module):
         fused = torch.cat([acoustic, silent], dim=1)
         return self.codec.fc_prior(fused.transpose(1, 2)).transpose(1, 2)
 
-    def forward(self, wav: torch.Tensor, n_active: int | None = None) -> CodecOutput:
+    def forward(self, wav: torch.Tensor, n_active: int | None = None, quantize: bool = True) -> CodecOutput:
+        """Reconstruction from the first `n_active` levels; quantize=False is the warm-up's linear bottleneck."""
         B, _, L = wav.shape
         latent = self.latent(wav)
         T = latent.shape[-1]
@@ -104,12 +112,13 @@ class CodecTrainer(nn.Module):
                 idx, _ = level.nearest(residual.detach())
             z = level.project_in(residual)
             codeword = level.codebook[idx]
-            z_q = z + (codeword - z).detach()  # straight-through: the encoder sees the codeword's gradient
+            # straight-through: the encoder sees the codeword's gradient
+            z_q = z + (codeword - z).detach() if quantize else z
             out = level.project_out(z_q)
             codes.append(idx)
             projected.append(z.detach())
             if q < n_active:
-                commitment = commitment + F.mse_loss(z, codeword)
+                commitment = commitment + (F.mse_loss(z, codeword) if quantize else 0.0)
                 quantized = quantized + out
             residual = residual - out
         latent_q = self.codec.fc_post2(quantized).reshape(B, T, -1).transpose(1, 2)
@@ -123,13 +132,17 @@ class CodecTrainer(nn.Module):
 
     @torch.no_grad()
     def init_codebooks(self, wav: torch.Tensor, generator: torch.Generator) -> None:
-        """Seed every codebook with projected residuals of a batch (level by level, as RVQ sees them)."""
-        out = self.forward(wav)
-        for q, level in enumerate(self.codec.quantizer.layers):
-            level.codebook.copy_(sample_rows(out.projected[q], level.codebook.shape[0], generator))
-            self.embed_sum[q].copy_(level.codebook)
-            out = self.forward(wav) if q + 1 < len(self.codec.quantizer.layers) else out
-        self.cluster_size.fill_(1.0)
+        """Seed every codebook with projected residuals of a batch (level by level, as RVQ sees them), each
+        code counted as used an average amount."""
+        levels = self.codec.quantizer.layers
+        latent = self.latent(wav)
+        residual = latent.transpose(1, 2).reshape(-1, latent.shape[1])
+        average = residual.shape[0] / levels[0].codebook.shape[0]
+        for q, level in enumerate(levels):
+            level.codebook.copy_(sample_rows(level.project_in(residual), level.codebook.shape[0], generator))
+            self.embed_sum[q].copy_(level.codebook * average)
+            residual = residual - level.lookup(level.nearest(residual)[0])
+        self.cluster_size.fill_(average)
         self.initialised.fill_(True)
 
     @torch.no_grad()
@@ -147,9 +160,10 @@ class CodecTrainer(nn.Module):
             n_dead = int(dead.sum())
             if n_dead:
                 fresh = sample_rows(z, n_dead, generator)
+                average = z.shape[0] / level.codebook.shape[0]
                 level.codebook[dead] = fresh
-                self.embed_sum[q][dead] = fresh
-                self.cluster_size[q][dead] = 1.0
+                self.embed_sum[q][dead] = fresh * average
+                self.cluster_size[q][dead] = average
             restarted.append(n_dead)
         return torch.tensor(restarted)
 

@@ -4,8 +4,9 @@
     python -m higgslab.train.tokenizer tokenizer.steps=20   # any key of the experiment can be overridden
 
 Synthesises the corpus if needed, trains `CodecTrainer` on random crops (multi-resolution mel/STFT loss,
-waveform L1, commitment; EMA codebooks with dead-code restarts; quantizer dropout), evaluates quality per
-number of codebooks on validation clips, and writes into `<run_dir>/tokenizer/`:
+waveform L1, commitment; an unquantised warm-up, then EMA codebooks seeded from the warmed-up latent, with
+dead-code restarts and quantizer dropout), evaluates quality per number of codebooks on validation clips, and
+writes into `<run_dir>/tokenizer/`:
 
     last.pt             resumable training state (rerun the same command to continue)
     loss.png            loss curves
@@ -63,13 +64,14 @@ def train_tokenizer(cfg: DictConfig) -> Path:
 
     def step(i: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         wav = random_crops(train, t.batch_size, samples, generator)
-        if not bool(trainer.initialised):
+        quantize = i >= t.continuous_steps
+        if quantize and not bool(trainer.initialised):
             trainer.init_codebooks(wav, generator)
         # quantizer dropout: sometimes decode from the first k codebooks only, so every k is trained
         drop = float(torch.rand((), generator=generator)) < t.quantizer_dropout
         k = int(torch.randint(1, n_q + 1, (1,), generator=generator)) if drop else n_q
-        out = trainer(wav, k)
-        last_out["out"] = out
+        out = trainer(wav, k, quantize)
+        last_out["out"] = out if quantize else None
         losses = spectral(out.recon, wav)
         losses["wave_l1"] = (out.recon - wav).abs().mean()
         losses["commitment"] = out.commitment
@@ -82,10 +84,13 @@ def train_tokenizer(cfg: DictConfig) -> Path:
         return losses
 
     def after_step(i: int, generator: torch.Generator, losses: dict) -> None:
-        restarted = trainer.update_codebooks(last_out.pop("out"), generator)
-        losses["dead_restarts"] = restarted.sum().float()
+        out = last_out.pop("out")
+        if out is not None:
+            losses["dead_restarts"] = trainer.update_codebooks(out, generator).sum().float()
 
     def eval_fn(i: int) -> dict[str, float]:
+        if not bool(trainer.initialised):
+            return {}  # still in the unquantised warm-up: no codebooks to decode from yet
         rows = evaluate(trainer, valid)
         return {"valid_mel_k1": rows[0]["log_mel_distance"], "valid_mel": rows[-1]["log_mel_distance"],
                 "valid_si_sdr": rows[-1]["si_sdr"]}  # fmt: skip

@@ -28,6 +28,7 @@ def tiny_overrides(corpus, run_dir) -> list[str]:
         "threads=1",
         f"tokenizer.widths={TINY_WIDTHS}",
         "tokenizer.steps=3",
+        "tokenizer.continuous_steps=1",
         "tokenizer.batch_size=2",
         "tokenizer.crop_frames=5",
         "tokenizer.eval_clips=1",
