@@ -104,9 +104,12 @@ def collate(examples: list[Example], config: HiggsConfig) -> tuple[torch.Tensor,
 
 
 def audio_token_loss(model, ids: torch.Tensor, codes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the next delayed column, over every codebook of every audio target."""
-    logits = model(ids, codes).audio_logits  # [B, T, n_q, codebook_size + 2]
-    return F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten(), ignore_index=IGNORE)
+    """Mean cross-entropy of the next delayed column, over every codebook of every audio target. The audio
+    head (the widest matrix of a mini LM) runs only on the positions that have a target."""
+    hidden = model(ids, codes, logits="none").last_hidden_state  # [B, T, D]
+    has_target = (targets != IGNORE).any(-1)  # [B, T]
+    logits = model.audio_logits(hidden[has_target])  # [N, n_q, codebook_size + 2]
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets[has_target].flatten(), ignore_index=IGNORE)
 
 
 def export_model(model, text_dir: Path, out: Path, dtype: torch.dtype = torch.float32) -> Path:
