@@ -1,0 +1,147 @@
+"""Does higgslab-mini say what it is asked? Held-out sentences in, three measures out.
+
+    python -m higgslab.train.listen                          # the embedded model, 40 held-out sentences
+    python -m higgslab.train.listen --model runs/mini/lm_no_dualffn/model --tokenizer runs/mini/tokenizer/tokenizer
+
+The sentences are the corpus's validation split (never trained on), rebuilt from the seed, so no corpus
+needs to be on disk. For each one the LM generates speech (temperature 0.3, top-k 50, top-p 0.95, RAS, one
+seed), and:
+
+1. **duration**: Pearson r between the sentence's length in characters and the generated duration, and the
+   ratio of generated to espeak-ng duration (espeak-ng speaks the same sentence at the clip's speed);
+2. **ASR** (independent of the LM, the codec and espeak-ng): Whisper tiny.en transcribes the speech; WER
+   against the requested sentence, beside the same ASR's WER on the espeak-ng original and on the codec's
+   resynthesis of it, the ceilings a perfect LM could reach;
+3. **identification**: the held-out sentence whose text is closest (WER) to the transcript; accuracy
+   against chance 1/N. Speech that is recognisably the requested sentence is identified far above chance.
+
+ASR needs the optional extra (`pip install 'higgslab[eval]'`); without it, `--no-asr` reports duration only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from higgslab.train.data import Clip, plan
+
+
+def held_out_clips(n: int, sentences: int = 3000, seed: int = 0, valid_every: int = 20) -> list[Clip]:
+    """The first `n` validation clips of the corpus `(sentences, seed, valid_every)`: text, voice, speed."""
+    from higgslab.train.sentences import make_sentences
+
+    valid = [c for c in plan(make_sentences(sentences, seed), seed, valid_every) if c.split == "valid"]
+    return valid[:n]
+
+
+@dataclass
+class Heard:
+    text: str
+    seconds: float  # generated speech
+    espeak_seconds: float | None  # espeak-ng's rendering of the same clip
+    finished: bool  # every codebook closed before max_new_tokens
+    transcript: str | None = None
+    wer: float | None = None
+    espeak_wer: float | None = None  # ASR ceiling: the original clip
+    resynth_wer: float | None = None  # codec ceiling: the original through encode → decode
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def listen(gen, clips: list[Clip], seed: int = 0, asr: bool = True, max_new_tokens: int = 500) -> dict:
+    """Generate every clip's text with `gen` (a `Generator` with an audio tokenizer) and score it; returns
+    the JSON-ready report: `summary` and one `items` row per clip."""
+    from tqdm import tqdm
+
+    from higgslab.train.data import SAMPLE_RATE, synthesize
+
+    espeak = _espeak_or_none()
+    rows: list[Heard] = []
+    for clip in tqdm(clips, desc="listen", unit="sentence"):
+        out = gen.generate(text=clip.text, seed=seed, max_new_tokens=max_new_tokens)
+        original = synthesize(clip.text, clip.voice, clip.speed, clip.pitch, espeak) if espeak else None
+        row = Heard(clip.text, out.duration_s, None if original is None else len(original) / SAMPLE_RATE,
+                    out.finished)  # fmt: skip
+        if asr:
+            from higgslab.eval.quality import transcribe, wer
+
+            row.transcript = transcribe(out.audio, out.sample_rate) if out.audio.size else ""
+            row.wer = wer(clip.text, row.transcript)
+            if original is not None:
+                row.espeak_wer = wer(clip.text, transcribe(original, SAMPLE_RATE))
+                resynth = gen.audio_tokenizer.decode(gen.audio_tokenizer.encode(original))
+                row.resynth_wer = wer(clip.text, transcribe(np.asarray(resynth), SAMPLE_RATE))
+        rows.append(row)
+    return {"summary": summarise(rows), "items": [asdict(r) for r in rows]}
+
+
+def summarise(rows: list[Heard]) -> dict:
+    """Duration tracking, mean WERs and identification accuracy over `rows`."""
+    chars = [len(r.text) for r in rows]
+    summary = {
+        "sentences": len(rows),
+        "finished": sum(r.finished for r in rows),
+        "duration_vs_chars_r": pearson(chars, [r.seconds for r in rows]),
+    }
+    if all(r.espeak_seconds for r in rows):
+        summary["duration_vs_espeak_r"] = pearson([r.espeak_seconds for r in rows], [r.seconds for r in rows])
+        summary["duration_ratio"] = float(np.mean([r.seconds / r.espeak_seconds for r in rows]))
+    if all(r.transcript is not None for r in rows):
+        from higgslab.eval.quality import wer
+
+        for key in ("wer", "espeak_wer", "resynth_wer"):
+            values = [getattr(r, key) for r in rows]
+            summary[key] = None if None in values else float(np.mean(values))
+        texts = [r.text for r in rows]
+        picked = [int(np.argmin([wer(t, r.transcript) for t in texts])) for r in rows]
+        summary["identified"] = float(np.mean([p == i for i, p in enumerate(picked)]))
+        summary["identified_chance"] = 1 / len(rows)
+    return summary
+
+
+def _espeak_or_none() -> str | None:
+    import shutil
+
+    return shutil.which("espeak-ng")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from higgslab.embedded import resolve_paths
+    from higgslab.errors import cli_errors
+    from higgslab.generate.generator import Generator
+
+    parser = argparse.ArgumentParser(description="Score higgslab-mini's speech on held-out sentences")
+    parser.add_argument("--model", default=None, help="LM directory (default: the embedded model)")
+    parser.add_argument("--tokenizer", default=None, help="audio tokenizer directory")
+    parser.add_argument("--sentences", type=int, default=40, help="how many held-out sentences")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-asr", action="store_true", help="duration only (no Whisper)")
+    parser.add_argument("--out", default=None, help="write the JSON report here")
+    args = parser.parse_args(argv)
+    with cli_errors():
+        model, tokenizer, label = resolve_paths(args.model, args.tokenizer)
+        print(f"model: {label}")
+        gen = Generator.from_paths(model, tokenizer, device="cpu")
+        report = listen(gen, held_out_clips(args.sentences), args.seed, asr=not args.no_asr)
+        report["model"] = label
+        for key, value in report["summary"].items():
+            print(f"{key:>22}: {value:.3f}" if isinstance(value, float) else f"{key:>22}: {value}")
+        if args.out:
+            from higgslab.io.atomic import atomic_write
+
+            atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+            print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

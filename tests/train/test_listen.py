@@ -1,0 +1,41 @@
+"""The held-out listening measure: which sentences it uses and how it scores them."""
+
+import math
+
+import pytest
+
+from higgslab.train.listen import Heard, held_out_clips, pearson, summarise
+
+
+def test_held_out_sentences_are_the_validation_split():
+    from higgslab.train.data import plan
+    from higgslab.train.sentences import make_sentences
+
+    clips = plan(make_sentences(3000, 0), 0, 20)
+    train = {c.text for c in clips if c.split == "train"}
+    held = held_out_clips(40)
+    assert len(held) == 40 and all(c.split == "valid" for c in held)
+    assert not train & {c.text for c in held}
+
+
+def test_duration_tracking_is_a_correlation():
+    rows = [Heard("a" * n, n / 10, n / 12, True) for n in (10, 20, 40, 80)]
+    summary = summarise(rows)
+    assert summary["duration_vs_chars_r"] == pytest.approx(1.0)
+    assert summary["duration_ratio"] == pytest.approx(1.2)
+    flat = summarise([Heard("a" * n, 2.0, 1.0, True) for n in (10, 20)])
+    assert math.isnan(flat["duration_vs_chars_r"])
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_identification_picks_the_closest_sentence():
+    pytest.importorskip("jiwer")
+    texts = ["the cat sat on the mat", "a dog ran in the park", "it is cloudy today"]
+
+    def rows(transcripts):
+        return [Heard(t, 1.0, None, True, h, 0.0) for t, h in zip(texts, transcripts, strict=True)]
+
+    heard = summarise(rows(["the cat sat on a mat", "dog ran in park", "it is cloudy"]))
+    assert heard["identified"] == 1.0 and heard["identified_chance"] == pytest.approx(1 / 3)
+    swapped = summarise(rows(["it is cloudy today", "the cat sat on the mat", "a dog ran in the park"]))
+    assert swapped["identified"] == 0.0
