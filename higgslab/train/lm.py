@@ -33,6 +33,7 @@ def encode_corpus(tokenizer_dir: str | Path, clips: list[Clip], cache: Path) -> 
     """clip id -> codes `[n_q, N]` (int16), through the stock `load_tokenizer` path; cached in `cache`."""
     from tqdm import tqdm
 
+    from higgslab.io.atomic import atomic_write
     from higgslab.tokenizer.codec import load_tokenizer
 
     codes = torch.load(cache, weights_only=True) if cache.is_file() else {}
@@ -41,7 +42,8 @@ def encode_corpus(tokenizer_dir: str | Path, clips: list[Clip], cache: Path) -> 
         tok = load_tokenizer(tokenizer_dir)
         for clip in tqdm(missing, desc="encode corpus", unit="clip"):
             codes[clip.id] = tok.encode(load_audio(clip)).to(torch.int16)
-        torch.save(codes, cache)
+        # renamed into place, so a run started beside this one never reads a half-written file
+        atomic_write(cache, lambda tmp: torch.save(codes, tmp))
     return {c.id: codes[c.id].long() for c in clips}
 
 
