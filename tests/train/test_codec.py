@@ -51,5 +51,7 @@ def test_dead_codes_are_restarted_on_batch_vectors():
     average = 3 / bins  # ... with the average count of a batch of 3 frames
     assert torch.allclose(trainer.cluster_size, torch.full_like(trainer.cluster_size, average))
     out = trainer(wav)
-    for level, z in zip(trainer.codec.quantizer.layers, out.projected, strict=True):  # on this batch's vectors
+    for level, z in zip(
+        trainer.codec.quantizer.layers, out.projected, strict=True
+    ):  # on this batch's vectors
         assert torch.cdist(level.codebook, z).min(1).values.max() < 0.05 * z.norm(dim=1).mean()
