@@ -39,3 +39,11 @@ def test_identification_picks_the_closest_sentence():
     assert heard["identified"] == 1.0 and heard["identified_chance"] == pytest.approx(1 / 3)
     swapped = summarise(rows(["it is cloudy today", "the cat sat on the mat", "a dog ran in the park"]))
     assert swapped["identified"] == 0.0
+
+
+def test_cli_refuses_fewer_than_two_sentences(capsys):
+    from higgslab.train.listen import main
+
+    with pytest.raises(SystemExit):
+        main(["--sentences", "1"])
+    assert "--sentences must be at least 2" in capsys.readouterr().err
