@@ -71,7 +71,7 @@ def train_tokenizer(cfg: DictConfig) -> Path:
         drop = float(torch.rand((), generator=generator)) < t.quantizer_dropout
         k = int(torch.randint(1, n_q + 1, (1,), generator=generator)) if drop else n_q
         out = trainer(wav, k, quantize)
-        last_out["out"] = out if quantize else None
+        last_out["out"] = out
         losses = spectral(out.recon, wav)
         losses["wave_l1"] = (out.recon - wav).abs().mean()
         losses["commitment"] = out.commitment
@@ -85,7 +85,7 @@ def train_tokenizer(cfg: DictConfig) -> Path:
 
     def after_step(i: int, generator: torch.Generator, losses: dict) -> None:
         out = last_out.pop("out")
-        if out is not None:
+        if bool(trainer.initialised):  # codebooks exist only once the warm-up is over
             losses["dead_restarts"] = trainer.update_codebooks(out, generator).sum().float()
 
     def eval_fn(i: int) -> dict[str, float]:

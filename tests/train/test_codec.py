@@ -50,8 +50,6 @@ def test_dead_codes_are_restarted_on_batch_vectors():
     assert restarted.tolist() == [bins] * n_q  # every level restarts all its codes ...
     average = 3 / bins  # ... with the average count of a batch of 3 frames
     assert torch.allclose(trainer.cluster_size, torch.full_like(trainer.cluster_size, average))
-    out = trainer(wav)
-    for level, z in zip(
-        trainer.codec.quantizer.layers, out.projected, strict=True
-    ):  # on this batch's vectors
+    out = trainer(wav)  # restarted on this batch's vectors
+    for level, z in zip(trainer.codec.quantizer.layers, out.projected, strict=True):
         assert torch.cdist(level.codebook, z).min(1).values.max() < 0.05 * z.norm(dim=1).mean()
