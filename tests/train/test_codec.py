@@ -53,3 +53,23 @@ def test_dead_codes_are_restarted_on_batch_vectors():
     out = trainer(wav)  # restarted on this batch's vectors
     for level, z in zip(trainer.codec.quantizer.layers, out.projected, strict=True):
         assert torch.cdist(level.codebook, z).min(1).values.max() < 0.05 * z.norm(dim=1).mean()
+
+
+def test_warm_up_passes_projections_not_codewords():
+    """quantize=False: each level hands project_in(residual) itself to project_out (no codebook yet, no
+    commitment), so the reconstruction is the decoder of that linear bottleneck."""
+    trainer = CodecTrainer(mini_codec(0, **TINY)).eval()
+    wav = torch.randn(1, 1, 960 * 3) * 0.1
+    codec = trainer.codec
+    with torch.no_grad():
+        out = trainer(wav, quantize=False)
+        residual = trainer.latent(wav)[0].T
+        total = torch.zeros_like(residual)
+        for level in codec.quantizer.layers:
+            step = level.project_out(level.project_in(residual))
+            total, residual = total + step, residual - step
+        expected = codec.acoustic_decoder(codec.fc_post2(total).T[None])[..., : wav.shape[-1]]
+        quantized = trainer(wav)  # codebooks still all zero: a different reconstruction
+    assert float(out.commitment) == 0.0
+    torch.testing.assert_close(out.recon, expected)
+    assert not torch.allclose(quantized.recon, out.recon)
