@@ -43,9 +43,16 @@ def mini_codec(
     codebook_dim: int = 8,
     n_q: int = 8,
     bins: int = 1024,
+    input_gain: float = 10.0,
 ) -> HiggsAudioCodec:
     """A fresh codec with the real frame geometry (24 kHz, hop 960, 25 frames/s) and narrow widths; the
-    semantic columns of `fc_prior` are zero (semantic branch off)."""
+    semantic columns of `fc_prior` are zero (semantic branch off).
+
+    `input_gain` scales the encoder's first convolution at init. Speech at ~0.1 RMS leaves the Snake
+    activations (α = 1) almost linear, and a linear encoder with strides averages the waveform away: the
+    latent barely moves with the audio and the decoder settles on the corpus' mean spectrum (log-mel 1.27
+    on held-out clips after 300 steps, unchanged from step 100). With gain 10 the first Snakes rectify and
+    the latent follows the speech from the start (0.88 after the same 300 steps, still falling)."""
     cfg = CodecConfig(
         encoder_width=encoder_width,
         latent_dim=latent_dim,
@@ -60,6 +67,7 @@ def mini_codec(
         codec = HiggsAudioCodec(cfg)
     with torch.no_grad():
         codec.fc_prior.weight[:, cfg.latent_dim :] = 0
+        codec.acoustic_encoder.conv1.weight.mul_(input_gain)
     for p in codec.semantic_model.parameters():
         p.requires_grad_(False)
     for p in codec.encoder_semantic.parameters():

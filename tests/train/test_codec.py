@@ -73,3 +73,21 @@ def test_warm_up_passes_projections_not_codewords():
     assert float(out.commitment) == 0.0
     torch.testing.assert_close(out.recon, expected)
     assert not torch.allclose(quantized.recon, out.recon)
+
+
+def latent_on_off_gap(codec) -> float:
+    """How far a fresh codec's latent moves between tone bursts and silence, relative to its mean."""
+    t = torch.arange(960 * 24) / 24000
+    on = ((torch.arange(24) // 3) % 2).bool()
+    wav = 0.1 * torch.sign(torch.sin(2 * torch.pi * 150 * t)) * on.float().repeat_interleave(960)
+    with torch.no_grad():
+        latent = CodecTrainer(codec).latent(wav[None, None])[0]
+    return float((latent[:, on].mean(1) - latent[:, ~on].mean(1)).norm() / latent.mean(1).norm())
+
+
+def test_input_gain_makes_the_fresh_latent_follow_the_audio():
+    """At speech levels (0.1) a unit-gain encoder is nearly linear and its latent hardly tells sound from
+    silence; the default input gain must make it several times more responsive (mini widths, 3 seeds)."""
+    gained = sum(latent_on_off_gap(mini_codec(s)) for s in range(3))
+    plain = sum(latent_on_off_gap(mini_codec(s, input_gain=1.0)) for s in range(3))
+    assert gained > 3 * plain
