@@ -90,9 +90,12 @@ def plan(sentences: list[str], seed: int, valid_every: int = 20) -> list[Clip]:
 
 
 def build_corpus(out: str | Path, sentences: int = 3000, seed: int = 0, valid_every: int = 20) -> Path:
-    """Synthesise the corpus into `out` (skipped when its manifest already exists); returns the manifest path.
+    """Synthesise the corpus into `out`; returns the manifest path.
 
-    The manifest is written last, so an interrupted run is simply redone."""
+    Sentences and voices are drawn in order from `seed`, so a smaller corpus of the same seed is a prefix of
+    a larger one: clips already in `out`'s manifest are kept and only the missing ones are spoken. A manifest
+    that disagrees with this plan (another seed or split) is refused rather than silently reused. The
+    manifest is written last, so an interrupted run is simply redone."""
     import soundfile as sf
     from tqdm import tqdm
 
@@ -100,15 +103,30 @@ def build_corpus(out: str | Path, sentences: int = 3000, seed: int = 0, valid_ev
 
     out = Path(out)
     manifest = out / "manifest.jsonl"
-    if manifest.is_file():
-        return manifest
+    clips = plan(make_sentences(sentences, seed), seed, valid_every)
+    done = {c.id: c for c in read_manifest(manifest)} if manifest.is_file() else {}
+    for clip in clips:
+        old = done.get(clip.id)
+        if old is not None and (old.text, old.voice, old.split) != (clip.text, clip.voice, clip.split):
+            raise HiggsLabError(
+                f"{manifest}: clip {clip.id} differs from data.seed={seed}, valid_every={valid_every}; "
+                "use another data directory"
+            )
+    if all(c.id in done for c in clips):
+        if len(done) == len(clips):
+            return manifest
+        raise HiggsLabError(
+            f"{manifest}: holds {len(done)} clips, not the {len(clips)} asked for (data.sentences)"
+        )
     espeak = ensure_espeak()
     (out / "wav").mkdir(parents=True, exist_ok=True)
-    clips = plan(make_sentences(sentences, seed), seed, valid_every)
-    for clip in tqdm(clips, desc="espeak-ng", unit="clip"):
+    for clip in tqdm([c for c in clips if c.id not in done], desc="espeak-ng", unit="clip"):
         audio = synthesize(clip.text, clip.voice, clip.speed, clip.pitch, espeak)
         clip.seconds = round(len(audio) / SAMPLE_RATE, 3)
         sf.write(out / clip.path, audio, SAMPLE_RATE, subtype="PCM_16")
+    for clip in clips:
+        if clip.id in done:
+            clip.seconds = done[clip.id].seconds
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(asdict(c)) + "\n" for c in clips))
     tmp.replace(manifest)

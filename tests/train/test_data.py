@@ -26,3 +26,25 @@ def test_corpus_is_24khz_with_a_manifest(corpus):
     audio = load_audio(clips[0])
     assert audio.dtype == np.float32 and abs(len(audio) / SAMPLE_RATE - clips[0].seconds) < 1e-3
     assert np.abs(audio).max() > 0.05  # speech, not silence
+
+
+def test_corpus_grows_by_its_missing_clips_and_refuses_another_plan(corpus, tmp_path):
+    """A larger corpus of the same seed keeps the clips already spoken; another seed or size is refused."""
+    import shutil
+
+    import pytest
+
+    from higgslab.errors import HiggsLabError
+    from higgslab.train.data import build_corpus
+
+    out = tmp_path / "corpus"
+    shutil.copytree(corpus.parent, out)
+    first = (out / "wav" / "00000.wav").stat().st_mtime_ns
+    grown = read_manifest(build_corpus(out, sentences=14, seed=0, valid_every=4))
+    assert len(grown) == 14 and [c.id for c in grown[:12]] == [c.id for c in read_manifest(corpus)]
+    assert (out / "wav" / "00000.wav").stat().st_mtime_ns == first  # kept, not spoken again
+    assert abs(len(load_audio(grown[13])) / SAMPLE_RATE - grown[13].seconds) < 1e-3
+    with pytest.raises(HiggsLabError, match="differs from data.seed=1"):
+        build_corpus(out, sentences=14, seed=1, valid_every=4)
+    with pytest.raises(HiggsLabError, match="holds 14 clips, not the 12"):
+        build_corpus(out, sentences=12, seed=0, valid_every=4)
