@@ -14,7 +14,9 @@ seed), and:
    resynthesis of it, the ceilings a perfect LM could reach;
 3. **identification**: the held-out sentence whose text is closest (WER) to the transcript; accuracy
    against chance 1/N. Speech that is recognisably the requested sentence is identified far above chance.
+   The same is reported for the espeak-ng originals and their codec resynthesis (the ceilings).
 
+`--codec-only` skips the LM and reports the ceilings alone: is the audio tokenizer intelligible?
 ASR needs the optional extra (`pip install 'higgslab[eval]'`); without it, `--no-asr` reports duration only.
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from higgslab.errors import HiggsLabError
 from higgslab.train.data import Clip, plan
 
 
@@ -41,13 +44,15 @@ def held_out_clips(n: int, sentences: int = 3000, seed: int = 0, valid_every: in
 @dataclass
 class Heard:
     text: str
-    seconds: float  # generated speech
+    seconds: float | None  # generated speech (None: the LM was not run)
     espeak_seconds: float | None  # espeak-ng's rendering of the same clip
-    finished: bool  # every codebook closed before max_new_tokens
+    finished: bool | None  # every codebook closed before max_new_tokens
     transcript: str | None = None
     wer: float | None = None
     espeak_wer: float | None = None  # ASR ceiling: the original clip
     resynth_wer: float | None = None  # codec ceiling: the original through encode → decode
+    espeak_transcript: str | None = None
+    resynth_transcript: str | None = None
 
 
 def pearson(x: list[float], y: list[float]) -> float:
@@ -57,53 +62,69 @@ def pearson(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def listen(gen, clips: list[Clip], seed: int = 0, asr: bool = True, max_new_tokens: int = 500) -> dict:
+def listen(
+    gen, clips: list[Clip], seed: int = 0, asr: bool = True, max_new_tokens: int = 500, lm: bool = True
+) -> dict:
     """Generate every clip's text with `gen` (a `Generator` with an audio tokenizer) and score it; returns
-    the JSON-ready report: `summary` and one `items` row per clip."""
+    the JSON-ready report: `summary` and one `items` row per clip. `lm=False`: the ceilings only."""
     from tqdm import tqdm
 
     from higgslab.train.data import SAMPLE_RATE, synthesize
 
     espeak = shutil.which("espeak-ng")  # without it: no reference durations or ceilings, the rest still runs
+    if not (lm or espeak):
+        raise HiggsLabError(
+            "the codec ceilings need espeak-ng on PATH (python -m higgslab.train.data installs it)"
+        )
     rows: list[Heard] = []
     for clip in tqdm(clips, desc="listen", unit="sentence"):
-        out = gen.generate(text=clip.text, seed=seed, max_new_tokens=max_new_tokens)
+        out = gen.generate(text=clip.text, seed=seed, max_new_tokens=max_new_tokens) if lm else None
         original = synthesize(clip.text, clip.voice, clip.speed, clip.pitch, espeak) if espeak else None
-        row = Heard(clip.text, out.duration_s, None if original is None else len(original) / SAMPLE_RATE,
-                    out.finished)  # fmt: skip
+        row = Heard(clip.text, out and out.duration_s, None if original is None else len(original) / SAMPLE_RATE,
+                    out and out.finished)  # fmt: skip
         if asr:
             from higgslab.eval.quality import transcribe, wer
 
-            row.transcript = transcribe(out.audio, out.sample_rate) if out.audio.size else ""
-            row.wer = wer(clip.text, row.transcript)
+            if out is not None:
+                row.transcript = transcribe(out.audio, out.sample_rate) if out.audio.size else ""
+                row.wer = wer(clip.text, row.transcript)
             if original is not None:
-                row.espeak_wer = wer(clip.text, transcribe(original, SAMPLE_RATE))
+                row.espeak_transcript = transcribe(original, SAMPLE_RATE)
                 resynth = gen.audio_tokenizer.decode(gen.audio_tokenizer.encode(original))
-                row.resynth_wer = wer(clip.text, transcribe(np.asarray(resynth), SAMPLE_RATE))
+                row.resynth_transcript = transcribe(np.asarray(resynth), SAMPLE_RATE)
+                row.espeak_wer = wer(clip.text, row.espeak_transcript)
+                row.resynth_wer = wer(clip.text, row.resynth_transcript)
         rows.append(row)
     return {"summary": summarise(rows), "items": [asdict(r) for r in rows]}
 
 
 def summarise(rows: list[Heard]) -> dict:
     """Duration tracking, mean WERs and identification accuracy over `rows`."""
-    chars = [len(r.text) for r in rows]
-    summary = {
-        "sentences": len(rows),
-        "finished": sum(r.finished for r in rows),
-        "duration_vs_chars_r": pearson(chars, [r.seconds for r in rows]),
-    }
-    if all(r.espeak_seconds for r in rows):
-        summary["duration_vs_espeak_r"] = pearson([r.espeak_seconds for r in rows], [r.seconds for r in rows])
-        summary["duration_ratio"] = float(np.mean([r.seconds / r.espeak_seconds for r in rows]))
-    if all(r.transcript is not None for r in rows):
+    summary = {"sentences": len(rows)}
+    if all(r.seconds is not None for r in rows):
+        summary["finished"] = sum(r.finished for r in rows)
+        summary["duration_vs_chars_r"] = pearson([len(r.text) for r in rows], [r.seconds for r in rows])
+        if all(r.espeak_seconds for r in rows):
+            espeak = [r.espeak_seconds for r in rows]
+            summary["duration_vs_espeak_r"] = pearson(espeak, [r.seconds for r in rows])
+            summary["duration_ratio"] = float(
+                np.mean([r.seconds / e for r, e in zip(rows, espeak, strict=True)])
+            )
+    texts = [r.text for r in rows]
+    for source, prefix in (
+        ("transcript", ""),
+        ("espeak_transcript", "espeak_"),
+        ("resynth_transcript", "resynth_"),
+    ):
+        heard = [getattr(r, source) for r in rows]
+        if None in heard:
+            continue
         from higgslab.eval.quality import wer
 
-        for key in ("wer", "espeak_wer", "resynth_wer"):
-            values = [getattr(r, key) for r in rows]
-            summary[key] = None if None in values else float(np.mean(values))
-        texts = [r.text for r in rows]
-        picked = [int(np.argmin([wer(t, r.transcript) for t in texts])) for r in rows]
-        summary["identified"] = float(np.mean([p == i for i, p in enumerate(picked)]))
+        summary[f"{prefix}wer"] = float(np.mean([wer(t, h) for t, h in zip(texts, heard, strict=True)]))
+        picked = [int(np.argmin([wer(t, h) for t in texts])) for h in heard]
+        summary[f"{prefix}identified"] = float(np.mean([p == i for i, p in enumerate(picked)]))
+    if any(key.endswith("identified") for key in summary):
         summary["identified_chance"] = 1 / len(rows)
     return summary
 
@@ -121,15 +142,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sentences", type=int, default=40, help="how many held-out sentences")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-asr", action="store_true", help="duration only (no Whisper)")
+    parser.add_argument(
+        "--codec-only", action="store_true", help="the espeak-ng and resynthesis ceilings only"
+    )
     parser.add_argument("--out", default=None, help="write the JSON report here")
     args = parser.parse_args(argv)
     if args.sentences < 2:
         parser.error("--sentences must be at least 2 (a correlation and an identification need two)")
+    if args.codec_only and args.no_asr:
+        parser.error("--codec-only reports ASR ceilings: it cannot be combined with --no-asr")
     with cli_errors():
         model, tokenizer, label = resolve_paths(args.model, args.tokenizer)
         print(f"model: {label}")
         gen = Generator.from_paths(model, tokenizer, device="cpu")
-        report = listen(gen, held_out_clips(args.sentences), args.seed, asr=not args.no_asr)
+        report = listen(
+            gen, held_out_clips(args.sentences), args.seed, asr=not args.no_asr, lm=not args.codec_only
+        )
         report["model"] = label
         for key, value in report["summary"].items():
             print(f"{key:>22}: {value:.3f}" if isinstance(value, float) else f"{key:>22}: {value}")

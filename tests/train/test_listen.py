@@ -47,3 +47,25 @@ def test_cli_refuses_fewer_than_two_sentences(capsys):
     with pytest.raises(SystemExit):
         main(["--sentences", "1"])
     assert "--sentences must be at least 2" in capsys.readouterr().err
+
+
+def test_codec_only_rows_report_the_ceilings_and_no_durations():
+    pytest.importorskip("jiwer")
+    texts = ["the cat sat on the mat", "a dog ran in the park", "it is cloudy today"]
+    rows = [
+        Heard(t, None, 2.0, None, espeak_transcript=t, resynth_transcript=r)
+        for t, r in zip(texts, ["a dog ran", "the cat sat", "cloudy today"], strict=True)
+    ]
+    summary = summarise(rows)
+    assert "duration_vs_chars_r" not in summary and "identified" not in summary
+    assert summary["espeak_identified"] == 1.0 and summary["espeak_wer"] == 0.0
+    assert summary["resynth_identified"] == pytest.approx(1 / 3)
+    assert summary["identified_chance"] == pytest.approx(1 / 3)
+
+
+def test_cli_refuses_codec_only_without_asr(capsys):
+    from higgslab.train.listen import main
+
+    with pytest.raises(SystemExit):
+        main(["--codec-only", "--no-asr"])
+    assert "--codec-only reports ASR ceilings" in capsys.readouterr().err
