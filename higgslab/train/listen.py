@@ -33,7 +33,7 @@ from higgslab.errors import HiggsLabError
 from higgslab.train.data import Clip, plan
 
 
-def held_out_clips(n: int, sentences: int = 3000, seed: int = 0, valid_every: int = 20) -> list[Clip]:
+def held_out_clips(n: int, sentences: int = 6000, seed: int = 0, valid_every: int = 20) -> list[Clip]:
     """The first `n` validation clips of the corpus `(sentences, seed, valid_every)`: text, voice, speed."""
     from higgslab.train.sentences import make_sentences
 
@@ -151,8 +151,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--sentences must be at least 2 (a correlation and an identification need two)")
     if args.codec_only and args.no_asr:
         parser.error("--codec-only reports ASR ceilings: it cannot be combined with --no-asr")
+    if args.model and not args.tokenizer:
+        parser.error("--model needs --tokenizer (the audio tokenizer its codes belong to)")
     with cli_errors():
         model, tokenizer, label = resolve_paths(args.model, args.tokenizer)
+        if args.tokenizer:  # --codec-only may name a tokenizer alone: the LM is then never run
+            tokenizer, label = Path(args.tokenizer), f"{label}; audio tokenizer {args.tokenizer}"
         print(f"model: {label}")
         gen = Generator.from_paths(model, tokenizer, device="cpu")
         report = listen(

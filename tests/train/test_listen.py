@@ -11,7 +11,7 @@ def test_held_out_sentences_are_the_validation_split():
     from higgslab.train.data import plan
     from higgslab.train.sentences import make_sentences
 
-    clips = plan(make_sentences(3000, 0), 0, 20)
+    clips = plan(make_sentences(6000, 0), 0, 20)
     train = {c.text for c in clips if c.split == "train"}
     held = held_out_clips(40)
     assert len(held) == 40 and all(c.split == "valid" for c in held)
@@ -69,3 +69,11 @@ def test_cli_refuses_codec_only_without_asr(capsys):
     with pytest.raises(SystemExit):
         main(["--codec-only", "--no-asr"])
     assert "--codec-only reports ASR ceilings" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_model_without_its_tokenizer(capsys):
+    from higgslab.train.listen import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", "runs/mini/lm/model"])
+    assert "--model needs --tokenizer" in capsys.readouterr().err
