@@ -1,15 +1,19 @@
 """Which model to use when none is configured: the embedded default.
 
-Order: the paths the user gave; else the shipped mini model (`higgslab/assets/mini/`, once trained
-and shipped); else tiny random checkpoints written once into `~/.cache/higgslab/tiny-random/`, which
-exercise the whole real loading and generation path offline but speak noise. The returned label says
-which one is in use, so every CLI and notebook can print it.
+Order: the paths the user gave; else the shipped mini model (`higgslab/assets/mini/`, trained on
+synthetic speech by `higgslab.train`); else tiny random checkpoints written once into
+`~/.cache/higgslab/tiny-random/`, which exercise the whole real loading and generation path offline but
+speak noise. `HIGGSLAB_EMBEDDED=tiny` picks the tiny random ones even where the mini is shipped (tests
+of the plumbing want weights that never emit an end of stream). The returned label says which one is in
+use, so every CLI and notebook can print it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from higgslab.errors import HiggsLabError
 
 ASSETS = Path(__file__).parent / "assets" / "mini"
 
@@ -42,7 +46,10 @@ def resolve_paths(model_path: str | None, tokenizer_path: str | None) -> tuple[P
             (Path(tokenizer_path) if tokenizer_path else None),
             f"checkpoint {model_path}",
         )
-    if (ASSETS / "model" / "config.json").is_file():
+    choice = os.environ.get("HIGGSLAB_EMBEDDED", "mini")
+    if choice not in ("mini", "tiny"):
+        raise HiggsLabError(f"HIGGSLAB_EMBEDDED={choice!r}: expected 'mini' or 'tiny'")
+    if choice == "mini" and (ASSETS / "model" / "config.json").is_file():
         return ASSETS / "model", ASSETS / "tokenizer", "embedded higgslab-mini (trained on synthetic speech)"
     model, tokenizer = tiny_random_paths()
     return model, tokenizer, "embedded tiny RANDOM weights (no checkpoint configured: the audio is noise)"

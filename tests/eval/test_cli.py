@@ -37,6 +37,7 @@ def config(*overrides):
 
 def test_mode_all_writes_a_valid_report_with_quality_skipped(tmp_path, cache, monkeypatch, capsys):
     monkeypatch.setenv("HIGGSLAB_CACHE", str(cache))
+    monkeypatch.setenv("HIGGSLAB_EMBEDDED", "tiny")
     monkeypatch.setattr(
         cli.quality, "missing", lambda: "quality metrics need jiwer: pip install 'higgslab[eval]'"
     )
@@ -64,6 +65,7 @@ def test_mode_all_writes_a_valid_report_with_quality_skipped(tmp_path, cache, mo
 
 def test_single_mode_marks_the_others_not_requested_and_no_audio_fails(tmp_path, cache, monkeypatch):
     monkeypatch.setenv("HIGGSLAB_CACHE", str(cache))
+    monkeypatch.setenv("HIGGSLAB_EMBEDDED", "tiny")
     report, _ = cli.run(config(*SMALL, "mode=performance", "tokens=[8]", f"output_dir={tmp_path}"), "test")
     assert report["precision"] == {"status": "skipped", "reason": "not requested (mode=performance)"}
     assert report["quality"]["status"] == "skipped"
@@ -114,6 +116,7 @@ def test_mode_quality_with_a_reference_clip_scores_wer_and_sim(tmp_path, cache, 
     from tests.eval.stubs import speech_like
 
     monkeypatch.setenv("HIGGSLAB_CACHE", str(cache))
+    monkeypatch.setenv("HIGGSLAB_EMBEDDED", "tiny")
     sf.write(tmp_path / "ref.wav", speech_like(50), 24000)
     overrides = [*SMALL, "mode=quality", f"ref_audio={tmp_path}/ref.wav", "quality.texts=[Hello there.]"]
     report, folder = cli.run(config(*overrides, f"output_dir={tmp_path}/out"), "test")

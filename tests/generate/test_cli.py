@@ -17,7 +17,7 @@ def generate(tmp_path, *overrides, cache=None):
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**os.environ, "HIGGSLAB_CACHE": env_cache},
+        env={**os.environ, "HIGGSLAB_CACHE": env_cache, "HIGGSLAB_EMBEDDED": "tiny"},
         timeout=300,
     )
 
