@@ -24,6 +24,8 @@ def tiny_overrides(corpus, run_dir) -> list[str]:
     """Hydra overrides turning experiment=mini into a few-second smoke run."""
     return [
         f"data.dir={corpus.parent}",
+        "data.sentences=12",  # the fixture corpus (build_corpus refuses a directory of another plan)
+        "data.valid_every=4",
         f"run_dir={run_dir}",
         "threads=1",
         f"tokenizer.widths={TINY_WIDTHS}",
