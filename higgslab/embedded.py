@@ -50,6 +50,10 @@ def resolve_paths(model_path: str | None, tokenizer_path: str | None) -> tuple[P
     if choice not in ("mini", "tiny"):
         raise HiggsLabError(f"HIGGSLAB_EMBEDDED={choice!r}: expected 'mini' or 'tiny'")
     if choice == "mini" and (ASSETS / "model" / "config.json").is_file():
-        return ASSETS / "model", ASSETS / "tokenizer", "embedded higgslab-mini (trained on synthetic speech)"
+        return (
+            ASSETS / "model",
+            ASSETS / "tokenizer",
+            "embedded higgslab-mini (trained on espeak-ng speech; not yet the words asked for)",
+        )
     model, tokenizer = tiny_random_paths()
     return model, tokenizer, "embedded tiny RANDOM weights (no checkpoint configured: the audio is noise)"
