@@ -80,8 +80,8 @@ def listen(
     for clip in tqdm(clips, desc="listen", unit="sentence"):
         out = gen.generate(text=clip.text, seed=seed, max_new_tokens=max_new_tokens) if lm else None
         original = synthesize(clip.text, clip.voice, clip.speed, clip.pitch, espeak) if espeak else None
-        row = Heard(clip.text, out and out.duration_s, None if original is None else len(original) / SAMPLE_RATE,
-                    out and out.finished)  # fmt: skip
+        seconds, finished = (out.duration_s, out.finished) if out is not None else (None, None)
+        row = Heard(clip.text, seconds, None if original is None else len(original) / SAMPLE_RATE, finished)
         if asr:
             from higgslab.eval.quality import transcribe, wer
 
@@ -111,15 +111,12 @@ def summarise(rows: list[Heard]) -> dict:
                 np.mean([r.seconds / e for r, e in zip(rows, espeak, strict=True)])
             )
     texts = [r.text for r in rows]
-    for source, prefix in (
-        ("transcript", ""),
-        ("espeak_transcript", "espeak_"),
-        ("resynth_transcript", "resynth_"),
-    ):
+    sources = {"": "transcript", "espeak_": "espeak_transcript", "resynth_": "resynth_transcript"}
+    for prefix, source in sources.items():
         heard = [getattr(r, source) for r in rows]
         if None in heard:
-            continue
-        from higgslab.eval.quality import wer
+            continue  # not transcribed (no ASR, no LM run, or no espeak-ng)
+        from higgslab.eval.quality import wer  # needs the eval extra: imported only when there is text
 
         summary[f"{prefix}wer"] = float(np.mean([wer(t, h) for t, h in zip(texts, heard, strict=True)]))
         picked = [int(np.argmin([wer(t, h) for t in texts])) for h in heard]
