@@ -107,11 +107,14 @@ def build_corpus(out: str | Path, sentences: int = 3000, seed: int = 0, valid_ev
     done = {c.id: c for c in read_manifest(manifest)} if manifest.is_file() else {}
     for clip in clips:
         old = done.get(clip.id)
-        if old is not None and (old.text, old.voice, old.split) != (clip.text, clip.voice, clip.split):
+        if old is None:
+            continue
+        if (old.text, old.voice, old.split) != (clip.text, clip.voice, clip.split):
             raise HiggsLabError(
                 f"{manifest}: clip {clip.id} differs from data.seed={seed}, valid_every={valid_every}; "
                 "use another data directory"
             )
+        clip.seconds = old.seconds  # already spoken: kept as it is
     if all(c.id in done for c in clips):
         if len(done) == len(clips):
             return manifest
@@ -124,9 +127,6 @@ def build_corpus(out: str | Path, sentences: int = 3000, seed: int = 0, valid_ev
         audio = synthesize(clip.text, clip.voice, clip.speed, clip.pitch, espeak)
         clip.seconds = round(len(audio) / SAMPLE_RATE, 3)
         sf.write(out / clip.path, audio, SAMPLE_RATE, subtype="PCM_16")
-    for clip in clips:
-        if clip.id in done:
-            clip.seconds = done[clip.id].seconds
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(asdict(c)) + "\n" for c in clips))
     tmp.replace(manifest)

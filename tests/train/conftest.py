@@ -3,16 +3,23 @@
 import pytest
 
 
+def espeak_or_skip() -> str:
+    """espeak-ng's path (installed if need be); the test is skipped only when it cannot be had."""
+    from higgslab.errors import HiggsLabError
+    from higgslab.train.data import ensure_espeak
+
+    try:
+        return ensure_espeak()
+    except HiggsLabError as e:
+        pytest.skip(f"espeak-ng is not installed and could not be installed: {e}")
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """Manifest of 12 generated clips (every 4th is validation); skipped only when espeak-ng cannot be had."""
-    from higgslab.errors import HiggsLabError
-    from higgslab.train.data import build_corpus, ensure_espeak
+    from higgslab.train.data import build_corpus
 
-    try:
-        ensure_espeak()
-    except HiggsLabError as e:
-        pytest.skip(f"espeak-ng is not installed and could not be installed: {e}")
+    espeak_or_skip()
     return build_corpus(tmp_path_factory.mktemp("corpus"), sentences=12, seed=0, valid_every=4)
 
 

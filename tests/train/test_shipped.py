@@ -13,7 +13,10 @@ import pytest
 
 from higgslab.embedded import ASSETS, resolve_paths
 from higgslab.errors import HiggsLabError
+from higgslab.train.data import SAMPLE_RATE
 from higgslab.train.listen import held_out_clips, pearson
+
+from .conftest import espeak_or_skip
 
 MEL_AT_8 = 0.60  # log-mel distance with all 8 codebooks (measured 0.563 on these 8 clips, 0.557 on 20)
 DURATION_R = 0.5  # Pearson r, generated vs espeak-ng duration, 8 sentences, seed 0 (measured 0.83)
@@ -22,16 +25,13 @@ DURATION_R = 0.5  # Pearson r, generated vs espeak-ng duration, 8 sentences, see
 @pytest.fixture(scope="module")
 def held_out():
     """(clip, espeak-ng audio) for 8 held-out sentences."""
-    from higgslab.train.data import ensure_espeak, synthesize
+    from higgslab.train.data import synthesize
 
-    try:
-        espeak = ensure_espeak()
-    except HiggsLabError as e:
-        pytest.skip(f"espeak-ng is not installed and could not be installed: {e}")
+    espeak = espeak_or_skip()
     return [(c, synthesize(c.text, c.voice, c.speed, c.pitch, espeak)) for c in held_out_clips(8)]
 
 
-def test_the_embedded_default_is_the_shipped_mini_within_budget(monkeypatch):
+def test_the_embedded_default_is_the_shipped_mini_within_budget(monkeypatch, tmp_path):
     from higgslab.train.export import BUDGET_BYTES, directory_bytes
 
     monkeypatch.delenv("HIGGSLAB_EMBEDDED", raising=False)
@@ -39,6 +39,7 @@ def test_the_embedded_default_is_the_shipped_mini_within_budget(monkeypatch):
     assert (model, tokenizer) == (ASSETS / "model", ASSETS / "tokenizer") and "higgslab-mini" in label
     assert directory_bytes(ASSETS) <= BUDGET_BYTES
     monkeypatch.setenv("HIGGSLAB_EMBEDDED", "tiny")
+    monkeypatch.setenv("HIGGSLAB_CACHE", str(tmp_path))  # the tiny checkpoints are written here, not in ~
     assert "tiny RANDOM" in resolve_paths(None, None)[2]
     monkeypatch.setenv("HIGGSLAB_EMBEDDED", "big")
     with pytest.raises(HiggsLabError, match="HIGGSLAB_EMBEDDED='big': expected 'mini' or 'tiny'"):
@@ -49,13 +50,13 @@ def test_tokenizer_improves_with_codebooks_and_clears_its_thresholds(held_out):
     from higgslab.tokenizer.codec import load_tokenizer
     from higgslab.tokenizer.stats import quality_vs_codebooks
 
-    rows = quality_vs_codebooks(load_tokenizer(ASSETS / "tokenizer"), [audio for _, audio in held_out])
+    tok = load_tokenizer(ASSETS / "tokenizer")
+    rows = quality_vs_codebooks(tok, [audio for _, audio in held_out])
     mel = {r["k"]: r["log_mel_distance"] for r in rows}
     assert mel[1] > mel[2] > mel[4] > mel[8], mel  # k = 4..8 are flat within ±0.001 (bench/RESULTS.md)
     assert mel[8] < MEL_AT_8
     # No SI-SDR threshold: this codec matches spectra, not waveforms (SI-SDR ≈ -40 dB, uncorrelated), and
     # SI-SDR scores silence at 0 dB. The level is checked instead, so silence or a blow-up fails.
-    tok = load_tokenizer(ASSETS / "tokenizer")
     for _, audio in held_out[:3]:
         decoded = np.asarray(tok.decode(tok.encode(audio)))
         assert 0.5 < decoded.std() / audio.std() < 2.0
@@ -67,7 +68,7 @@ def test_lm_duration_tracks_the_text(held_out):
     gen = Generator.from_paths(ASSETS / "model", ASSETS / "tokenizer", device="cpu")
     outs = [gen.generate(text=c.text, seed=0, max_new_tokens=500) for c, _ in held_out]
     assert all(o.finished for o in outs)
-    espeak = [len(audio) / 24000 for _, audio in held_out]
+    espeak = [len(audio) / SAMPLE_RATE for _, audio in held_out]
     assert pearson(espeak, [o.duration_s for o in outs]) > DURATION_R
     ratio = np.mean([o.duration_s / e for o, e in zip(outs, espeak, strict=True)])
     assert 0.7 < ratio < 1.4
@@ -84,4 +85,4 @@ def test_main_command_speaks_with_the_shipped_mini(tmp_path):
     import soundfile as sf
 
     info = sf.info(tmp_path / "out" / "output_1.wav")
-    assert info.samplerate == 24000 and 0.5 < info.duration < 4.0
+    assert info.samplerate == SAMPLE_RATE and 0.5 < info.duration < 4.0
