@@ -5,7 +5,7 @@
 
 The sentences are the corpus's validation split (never trained on), rebuilt from the seed, so no corpus
 needs to be on disk. For each one the LM generates speech (temperature 0.3, top-k 50, top-p 0.95, RAS, one
-seed), and:
+seed; `--temperature` to change it), and:
 
 1. **duration**: Pearson r between the sentence's length in characters and the generated duration, and the
    ratio of generated to espeak-ng duration (espeak-ng speaks the same sentence at the clip's speed);
@@ -63,7 +63,13 @@ def pearson(x: list[float], y: list[float]) -> float:
 
 
 def listen(
-    gen, clips: list[Clip], seed: int = 0, asr: bool = True, max_new_tokens: int = 500, lm: bool = True
+    gen,
+    clips: list[Clip],
+    seed: int = 0,
+    asr: bool = True,
+    max_new_tokens: int = 500,
+    lm: bool = True,
+    temperature: float = 0.3,
 ) -> dict:
     """Generate every clip's text with `gen` (a `Generator` with an audio tokenizer) and score it; returns
     the JSON-ready report: `summary` and one `items` row per clip. `lm=False`: the ceilings only."""
@@ -78,7 +84,11 @@ def listen(
         )
     rows: list[Heard] = []
     for clip in tqdm(clips, desc="listen", unit="sentence"):
-        out = gen.generate(text=clip.text, seed=seed, max_new_tokens=max_new_tokens) if lm else None
+        out = (
+            gen.generate(text=clip.text, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature)
+            if lm
+            else None
+        )
         original = synthesize(clip.text, clip.voice, clip.speed, clip.pitch, espeak) if espeak else None
         seconds, finished = (out.duration_s, out.finished) if out is not None else (None, None)
         row = Heard(clip.text, seconds, None if original is None else len(original) / SAMPLE_RATE, finished)
@@ -138,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", default=None, help="audio tokenizer directory")
     parser.add_argument("--sentences", type=int, default=40, help="how many held-out sentences")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.3, help="0: greedy (with RAS)")
     parser.add_argument("--no-asr", action="store_true", help="duration only (no Whisper)")
     parser.add_argument(
         "--codec-only", action="store_true", help="the espeak-ng and resynthesis ceilings only"
@@ -157,7 +168,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"model: {label}")
         gen = Generator.from_paths(model, tokenizer, device="cpu")
         report = listen(
-            gen, held_out_clips(args.sentences), args.seed, asr=not args.no_asr, lm=not args.codec_only
+            gen,
+            held_out_clips(args.sentences),
+            args.seed,
+            asr=not args.no_asr,
+            lm=not args.codec_only,
+            temperature=args.temperature,
         )
         report["model"] = label
         for key, value in report["summary"].items():

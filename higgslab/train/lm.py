@@ -10,6 +10,12 @@ byte-level BPE on the training sentences, and trains `HiggsAudioModel` on one ex
                                             column 0 (all stream-bos) is fed, as the generator does;
                                             audio_logits at audio position j predict column j + 1
 
+The loss is the cross-entropy of every codebook (`lm.codebook_weights` can weight them) plus guided
+attention (`lm.guide`, `train/align.py`): chosen heads are rewarded for reading the sentence at the pace of
+the speech. Every `eval_every` steps the history logs the held-out audio and guided-attention
+losses, and `text_gain`: how much lower codebook 0's held-out loss is with the clip's own sentence than with
+the next clip's (≈ 0 for a model that ignores the text).
+
 Writes into `<run_dir>/<lm.name>/`: last.pt, loss.png, and `model/` (original layout + text tokenizer).
 """
 
@@ -24,6 +30,7 @@ from omegaconf import DictConfig
 
 from higgslab import delay
 from higgslab.config import HiggsConfig
+from higgslab.train.align import GuidedAttention, diagonal_prior
 from higgslab.train.data import Clip, build_corpus, load_audio, read_manifest
 
 IGNORE = -100
@@ -76,6 +83,12 @@ class Example:
     input_ids: torch.Tensor  # [T] prompt ids then one <|AUDIO_OUT|> per column
     columns: torch.Tensor  # [n_q, S] the delayed segment
     first_audio: int  # index of the first <|AUDIO_OUT|> position
+    text_span: tuple[int, int]  # positions [start, end) of the sentence's tokens in the user turn
+
+    @property
+    def span(self) -> tuple[int, int, int, int]:
+        """(text start, text end, first audio position, frames): what `align.diagonal_prior` needs."""
+        return (*self.text_span, self.first_audio, self.columns.shape[1] - self.columns.shape[0] - 1)
 
 
 def make_example(text_tokenizer, config: HiggsConfig, text: str, codes: torch.Tensor) -> Example:
@@ -85,7 +98,12 @@ def make_example(text_tokenizer, config: HiggsConfig, text: str, codes: torch.Te
                           stream_eos_id=config.stream_eos_id)  # fmt: skip
     columns = delay.encode_segment(codes, config.stream_bos_id, config.stream_eos_id)
     audio = torch.full((columns.shape[1],), config.audio_out_token_id, dtype=torch.long)
-    return Example(torch.cat([prompt.input_ids, audio]), columns, len(prompt.input_ids))
+    ids = prompt.input_ids.tolist()
+    # the user turn is the last one closed by <|eot_id|>; its text follows that turn's <|end_header_id|>
+    end = len(ids) - 1 - ids[::-1].index(config.eot_token_id)
+    header = text_tokenizer.convert_tokens_to_ids("<|end_header_id|>")
+    start = max(i for i in range(end) if ids[i] == header) + 1
+    return Example(torch.cat([prompt.input_ids, audio]), columns, len(ids), (start, end))
 
 
 def collate(examples: list[Example], config: HiggsConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -105,13 +123,15 @@ def collate(examples: list[Example], config: HiggsConfig) -> tuple[torch.Tensor,
     return ids, codes, targets
 
 
-def audio_token_loss(model, ids: torch.Tensor, codes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the next delayed column, over every codebook of every audio target. The audio
-    head (the widest matrix of a mini LM) runs only on the positions that have a target."""
+def codebook_losses(model, ids: torch.Tensor, codes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the next delayed column per codebook `[n_q]`, over the audio targets. The
+    audio head (the widest matrix of a mini LM) runs only on the positions that have a target."""
     hidden = model(ids, codes, logits="none").last_hidden_state  # [B, T, D]
     has_target = (targets != IGNORE).any(-1)  # [B, T]
     logits = model.audio_logits(hidden[has_target])  # [N, n_q, codebook_size + 2]
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets[has_target].flatten(), ignore_index=IGNORE)
+    wanted = targets[has_target]  # [N, n_q]
+    loss = F.cross_entropy(logits.float().transpose(1, 2), wanted, ignore_index=IGNORE, reduction="none")
+    return loss.sum(0) / (wanted != IGNORE).sum(0).clamp(min=1)
 
 
 def export_model(model, text_dir: Path, out: Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -156,16 +176,34 @@ def train_lm(cfg: DictConfig) -> Path:
     examples = [make_example(text_tok, config, c.text, codes[c.id]) for c in train]
     held_out = [make_example(text_tok, config, c.text, codes[c.id]) for c in valid]
 
+    guide = GuidedAttention(model, list(m.guide.layers), list(m.guide.heads))
+    weights = torch.tensor(m.codebook_weights or [1.0] * n_q, dtype=torch.float32)
+
+    def losses(batch: list[Example]) -> dict[str, torch.Tensor]:
+        per_codebook = codebook_losses(model, *collate(batch, config))
+        ids_len = max(len(e.input_ids) for e in batch)
+        aligned = guide.loss(*diagonal_prior([e.span for e in batch], ids_len, m.guide.width))
+        audio = (weights * per_codebook).sum() / weights.sum()
+        return {"loss": audio + m.guide.weight * aligned, "audio_loss": per_codebook.mean(), "guide": aligned,
+                "codebook0": per_codebook[0]}  # fmt: skip
+
     def step(i: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         pick = torch.randint(len(examples), (m.batch_size,), generator=generator)
-        return {"loss": audio_token_loss(model, *collate([examples[int(j)] for j in pick], config))}
+        return losses([examples[int(j)] for j in pick])
+
+    # the held-out clips again, each with the next clip's sentence: what the right text is worth
+    others = [make_example(text_tok, config, valid[(j + 1) % len(valid)].text, codes[c.id])
+              for j, c in enumerate(valid)]  # fmt: skip
 
     @torch.no_grad()
     def eval_fn(i: int) -> dict[str, float]:
-        losses = [
-            audio_token_loss(model, *collate(held_out[j : j + 8], config)) for j in range(0, len(held_out), 8)
-        ]
-        return {"valid_loss": float(torch.stack(losses).mean())}
+        def mean(clips: list[Example]) -> dict[str, float]:
+            rows = [losses(clips[j : j + 8]) for j in range(0, len(clips), 8)]
+            return {k: float(torch.stack([r[k] for r in rows]).mean()) for k in rows[0]}
+
+        right, wrong = mean(held_out), mean(others)
+        return {"valid_loss": right["audio_loss"], "valid_guide": right["guide"],
+                "text_gain": wrong["codebook0"] - right["codebook0"]}  # fmt: skip
 
     run_training(model, model.parameters(), step, run_dir, m.steps, m.lr, m.warmup, cfg.seed, m.grad_clip,
                  m.checkpoint_every, eval_fn, m.eval_every, title=f"mini LM ({m.name})")  # fmt: skip

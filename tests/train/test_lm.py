@@ -5,7 +5,7 @@ from transformers import AutoTokenizer
 
 from higgslab.io.checkpoints import load_model
 from higgslab.model.lm import HiggsAudioModel
-from higgslab.train.lm import IGNORE, audio_token_loss, collate, export_model, lm_config, make_example
+from higgslab.train.lm import IGNORE, codebook_losses, collate, export_model, lm_config, make_example
 from higgslab.train.loop import run_training
 from higgslab.train.text import write_text_tokenizer
 
@@ -47,6 +47,26 @@ def test_targets_are_the_next_delayed_column(tmp_path):
     assert (targets[1, last + 1 :] == IGNORE).all() and (targets[1, : e.first_audio] == IGNORE).all()
 
 
+def test_text_span_is_the_sentence_and_frames_the_clip(tmp_path):
+    config, tok, examples = setup(tmp_path)
+    for text, e in zip(TEXTS, examples, strict=True):
+        start, end, first_audio, frames = e.span
+        assert tok.decode(e.input_ids[start:end]).strip() == text
+        assert first_audio == e.first_audio and e.columns.shape[1] == frames + config.num_codebooks + 1
+
+
+def test_codebook_losses_average_to_the_mean_cross_entropy(tmp_path):
+    config, _, examples = setup(tmp_path)
+    ids, codes, targets = collate(examples, config)
+    torch.manual_seed(0)
+    model = HiggsAudioModel(config, text_head=False)
+    with torch.no_grad():
+        per_codebook = codebook_losses(model, ids, codes, targets)
+        logits = model(ids, codes).audio_logits  # [B, T, n_q, bins + 2]
+    plain = torch.nn.functional.cross_entropy(logits.flatten(0, 2), targets.flatten(), ignore_index=IGNORE)
+    assert per_codebook.shape == (8,) and torch.allclose(per_codebook.mean(), plain, atol=1e-5)
+
+
 def test_overfit_resume_and_export_round_trip(tmp_path):
     config, _, examples = setup(tmp_path)
     batch = collate(examples, config)
@@ -54,7 +74,7 @@ def test_overfit_resume_and_export_round_trip(tmp_path):
     def train(run_dir, steps):
         torch.manual_seed(0)
         model = HiggsAudioModel(config, text_head=False)
-        history = run_training(model, model.parameters(), lambda i, g: {"loss": audio_token_loss(model, *batch)},
+        history = run_training(model, model.parameters(), lambda i, g: {"loss": codebook_losses(model, *batch).mean()},
                                run_dir, steps, lr=3e-3, warmup=2, checkpoint_every=3)  # fmt: skip
         return model, history
 
