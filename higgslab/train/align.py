@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from higgslab.errors import HiggsLabError
+
 
 def diagonal_prior(
     spans: list[tuple[int, int, int, int]], T: int, width: float
@@ -53,6 +55,12 @@ class GuidedAttention:
     """
 
     def __init__(self, model: nn.Module, layers: list[int], heads: list[int]):
+        n_layers, n_heads = len(model.layers), model.config.num_heads
+        if not all(0 <= i < n_layers for i in layers) or not all(0 <= h < n_heads for h in heads):
+            raise HiggsLabError(
+                f"guided attention: layers {list(layers)} / heads {list(heads)} do not exist in a model "
+                f"of {n_layers} layers × {n_heads} heads"
+            )
         self.heads = list(heads)
         self.inputs: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.attentions = {i: model.layers[i].self_attn for i in layers}

@@ -47,6 +47,7 @@ def tiny_overrides(corpus, run_dir) -> list[str]:
         "lm.batch_size=2",
         "lm.bpe_merges=100",
         "lm.eval_clips=2",
+        "lm.guide.layers=[1]",
     ]
 
 

@@ -1,7 +1,9 @@
 """Guided attention: the band it rewards, the weights it reads, and that a model can learn to follow it."""
 
+import pytest
 import torch
 
+from higgslab.errors import HiggsLabError
 from higgslab.model.lm import HiggsAudioModel
 from higgslab.train.align import GuidedAttention, diagonal_prior
 from higgslab.train.lm import collate
@@ -55,3 +57,14 @@ def test_a_model_learns_to_read_along_the_band(tmp_path):
         optimizer.step()
         losses.append(float(loss.detach()))
     assert 0 < losses[-1] < losses[0] - 0.2 and losses[0] <= 1
+
+
+def test_a_layer_or_head_the_model_lacks_is_one_line(tmp_path):
+    config, _, _ = setup(tmp_path)
+    model = HiggsAudioModel(config, text_head=False)
+    with pytest.raises(
+        HiggsLabError, match=r"layers \[2\] / heads \[0\] do not exist in a model of 2 layers"
+    ):
+        GuidedAttention(model, layers=[2], heads=[0])
+    with pytest.raises(HiggsLabError, match="heads"):
+        GuidedAttention(model, layers=[1], heads=[2])
