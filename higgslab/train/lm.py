@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from higgslab import delay
 from higgslab.config import HiggsConfig
+from higgslab.errors import HiggsLabError
 from higgslab.train.align import GuidedAttention, diagonal_prior
 from higgslab.train.data import Clip, build_corpus, load_audio, read_manifest
 
@@ -178,6 +179,10 @@ def train_lm(cfg: DictConfig) -> Path:
 
     guide = GuidedAttention(model, list(m.guide.layers), list(m.guide.heads))
     weights = torch.tensor(m.codebook_weights or [1.0] * n_q, dtype=torch.float32)
+    if weights.shape != (n_q,) or (weights < 0).any() or weights.sum() <= 0:
+        raise HiggsLabError(
+            f"lm.codebook_weights must be {n_q} non-negative numbers, not all 0: got {list(m.codebook_weights)}"
+        )
 
     def losses(batch: list[Example]) -> dict[str, torch.Tensor]:
         per_codebook = codebook_losses(model, *collate(batch, config))

@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
 import torch
+
+from higgslab.errors import HiggsLabError
 
 from .conftest import compose, tiny_overrides
 
@@ -21,9 +24,12 @@ def test_recipe_end_to_end(corpus, tmp_path):
     assert [row["k"] for row in quality] == list(range(1, 9))
     assert load_tokenizer(tok_dir).format == "original"
 
+    with pytest.raises(HiggsLabError, match=r"lm.codebook_weights must be 8 non-negative numbers"):
+        train_lm(compose("train/lm", [*overrides, "lm.codebook_weights=[1,2]", "lm.name=bad"]))
     train_lm(compose("train/lm", overrides))
     history = torch.load(tmp_path / "run/lm/last.pt", weights_only=False)["history"]
-    assert "valid_loss" in history[-1] and (tmp_path / "run/lm/loss.png").is_file()
+    assert {"valid_loss", "valid_guide", "text_gain"} <= history[-1].keys()
+    assert (tmp_path / "run/lm/loss.png").is_file()
 
     dest = export_mini(tmp_path / "run", tmp_path / "assets/mini")
     gen = Generator.from_paths(dest / "model", dest / "tokenizer", device="cpu")
