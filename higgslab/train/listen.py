@@ -33,12 +33,16 @@ from higgslab.errors import HiggsLabError
 from higgslab.train.data import Clip, plan
 
 
-def held_out_clips(n: int, sentences: int = 6000, seed: int = 0, valid_every: int = 20) -> list[Clip]:
-    """The first `n` validation clips of the corpus `(sentences, seed, valid_every)`: text, voice, speed."""
+def held_out_clips(n: int) -> list[Clip]:
+    """The first `n` validation clips (text, voice, speed) of the corpus `conf/experiment/mini.yaml` plans."""
+    from omegaconf import OmegaConf
+
+    from higgslab.train.loop import CONF
     from higgslab.train.sentences import make_sentences
 
-    valid = [c for c in plan(make_sentences(sentences, seed), seed, valid_every) if c.split == "valid"]
-    return valid[:n]
+    data = OmegaConf.load(Path(CONF) / "experiment" / "mini.yaml").data
+    clips = plan(make_sentences(data.sentences, data.seed), data.seed, data.valid_every)
+    return [c for c in clips if c.split == "valid"][:n]
 
 
 @dataclass

@@ -135,6 +135,26 @@ def codebook_losses(model, ids: torch.Tensor, codes: torch.Tensor, targets: torc
     return loss.sum(0) / (wanted != IGNORE).sum(0).clamp(min=1)
 
 
+@torch.no_grad()
+def text_gain(
+    model, text_tokenizer, texts: list[str], codes: list[torch.Tensor], batch_size: int = 8
+) -> float:
+    """What the right sentence is worth, in nats: codebook 0's teacher-forced cross-entropy on clips
+    (`codes`, each `[n_q, N]`) paired with the next clip's sentence, minus paired with their own. A model
+    that ignores its text scores ≈ 0. Means over batches of `batch_size` clips, as the training eval does."""
+
+    def codebook0(sentences: list[str]) -> float:
+        examples = [
+            make_example(text_tokenizer, model.config, t, c) for t, c in zip(sentences, codes, strict=True)
+        ]
+        batches = [examples[j : j + batch_size] for j in range(0, len(examples), batch_size)]
+        return float(
+            torch.stack([codebook_losses(model, *collate(b, model.config))[0] for b in batches]).mean()
+        )
+
+    return codebook0(texts[1:] + texts[:1]) - codebook0(texts)
+
+
 def export_model(model, text_dir: Path, out: Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write the LM in the ORIGINAL layout (`write_checkpoint`) with the text tokenizer files beside it."""
     import shutil
@@ -196,19 +216,12 @@ def train_lm(cfg: DictConfig) -> Path:
         pick = torch.randint(len(examples), (m.batch_size,), generator=generator)
         return losses([examples[int(j)] for j in pick])
 
-    # the held-out clips again, each with the next clip's sentence: what the right text is worth
-    others = [make_example(text_tok, config, valid[(j + 1) % len(valid)].text, codes[c.id])
-              for j, c in enumerate(valid)]  # fmt: skip
-
     @torch.no_grad()
     def eval_fn(i: int) -> dict[str, float]:
-        def mean(clips: list[Example]) -> dict[str, float]:
-            rows = [losses(clips[j : j + 8]) for j in range(0, len(clips), 8)]
-            return {k: float(torch.stack([r[k] for r in rows]).mean()) for k in rows[0]}
-
-        right, wrong = mean(held_out), mean(others)
-        return {"valid_loss": right["audio_loss"], "valid_guide": right["guide"],
-                "text_gain": wrong["codebook0"] - right["codebook0"]}  # fmt: skip
+        rows = [losses(held_out[j : j + 8]) for j in range(0, len(held_out), 8)]
+        gain = text_gain(model, text_tok, [c.text for c in valid], [codes[c.id] for c in valid])
+        mean = {k: float(torch.stack([r[k] for r in rows]).mean()) for k in ("audio_loss", "guide")}
+        return {"valid_loss": mean["audio_loss"], "valid_guide": mean["guide"], "text_gain": gain}
 
     run_training(model, model.parameters(), step, run_dir, m.steps, m.lr, m.warmup, cfg.seed, m.grad_clip,
                  m.checkpoint_every, eval_fn, m.eval_every, title=f"mini LM ({m.name})")  # fmt: skip
