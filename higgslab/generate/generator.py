@@ -7,6 +7,11 @@ that the whole step can be compiled once (`compile=True`) and, on CUDA, captured
 at the device only every `sync_every` steps (to stop when every row has closed its codebooks) and when
 streaming hands out frames.
 
+Classifier-free guidance (`cfg_scale` ≠ 1, for models trained with text dropout such as higgslab-mini):
+each prompt runs beside its copy without the text to speak (`Prompt.without_text`) in one batch, and the
+sampled logits are uncond + cfg_scale · (cond − uncond). The default is the checkpoint's own
+`generation_config.json` `guidance_scale`, else 1 (off: the real checkpoints were not trained for it).
+
 Temperature 0 is greedy and seed-independent: repetition-aware sampling (a random redraw) is applied
 only when sampling (the original also redraws at temperature 0, which makes its "greedy" seed-dependent).
 
@@ -48,6 +53,7 @@ class Generator:
         *,
         compile: bool | str = False,
         sync_every: int = 16,
+        cfg_scale: float = 1.0,
     ):
         self.model = model.eval()
         self.audio_tokenizer = audio_tokenizer
@@ -55,6 +61,7 @@ class Generator:
         self.config = model.config
         self.compile = compile
         self.sync_every = sync_every
+        self.cfg_scale = cfg_scale  # the default of generate(cfg_scale=None)
         self._rng = torch.Generator(device=model.device)
         self._steps: dict = {}
 
@@ -62,7 +69,10 @@ class Generator:
     def from_paths(
         cls, model_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "auto", **kw
     ) -> Generator:
-        """Load LM, text tokenizer (from the LM's directory) and audio tokenizer onto one device."""
+        """Load LM, text tokenizer (from the LM's directory) and audio tokenizer onto one device; the
+        checkpoint's `generation_config.json` `guidance_scale`, if any, becomes the default `cfg_scale`."""
+        import json
+
         from transformers import AutoTokenizer
 
         from higgslab.device import default_dtype, pick_device
@@ -82,13 +92,23 @@ class Generator:
             from higgslab.tokenizer.codec import load_tokenizer
 
             audio_tok = load_tokenizer(tokenizer_path, device=dev)
+        generation = Path(model_path) / "generation_config.json"
+        if generation.is_file() and "cfg_scale" not in kw:
+            kw["cfg_scale"] = json.loads(generation.read_text()).get("guidance_scale") or 1.0
         return cls(model, audio_tok, text_tok, **kw)
 
     # ---- prompts -----------------------------------------------------------------------------------------
     def prompt(
         self, text: str, scene: str | None = None, ref_audio=None, ref_text: str | None = None, context=()
     ):
-        """Build the FORMATS.md §5 prompt: `(input_ids [T], audio_codes [n_q, F])`.
+        """Build the FORMATS.md §5 prompt: `(input_ids [T], audio_codes [n_q, F])`."""
+        p = self.build_prompt(text, scene, ref_audio, ref_text, context)
+        return p.input_ids, p.audio_codes
+
+    def build_prompt(
+        self, text: str, scene: str | None = None, ref_audio=None, ref_text: str | None = None, context=()
+    ):
+        """The FORMATS.md §5 `Prompt` (ids, audio codes, the span of the text to speak).
 
         `ref_audio` (a file path, `(wav, sample_rate)`, or codes `[n_q, N]`) with `ref_text` is the voice
         to clone; `context` adds (text, codes) turns after it (the previous chunks of a long text)."""
@@ -102,7 +122,7 @@ class Generator:
         if ref_audio is not None:
             references.append((ref_text or "(reference voice)", self._reference_codes(ref_audio)))
         references += list(context)
-        p = build_prompt(
+        return build_prompt(
             self.text_tokenizer,
             text,
             scene=scene,
@@ -111,7 +131,6 @@ class Generator:
             stream_bos_id=self.config.stream_bos_id,
             stream_eos_id=self.config.stream_eos_id,
         )
-        return p.input_ids, p.audio_codes
 
     def _reference_codes(self, ref_audio) -> torch.Tensor:
         if isinstance(ref_audio, torch.Tensor) and ref_audio.dtype == torch.long:
@@ -141,13 +160,21 @@ class Generator:
         audio_codes: torch.Tensor | None = None,
         decode_audio: bool = True,
         progress: Callable[[int], object] | None = None,
+        cfg_scale: float | None = None,
+        unconditional_ids: torch.Tensor | None = None,
     ) -> GenerationResult:
         """One prompt → `GenerationResult`. Give `prompt_ids` `[T]` (+ `audio_codes` `[n_q, F]` for its
-        audio placeholders), or `text` (+ `scene`, `ref_audio` path/codes, `ref_text`)."""
-        settings = SamplingSettings(temperature, top_k, top_p, ras_window, ras_max_repeat)
-        ids, codes = self._one_prompt(prompt_ids, audio_codes, text, scene, ref_audio, ref_text)
+        audio placeholders), or `text` (+ `scene`, `ref_audio` path/codes, `ref_text`). With `cfg_scale` ≠ 1
+        (None: the model's default), `prompt_ids` need `unconditional_ids` (`Prompt.without_text()`)."""
+        settings = self._settings(cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  ras_window=ras_window, ras_max_repeat=ras_max_repeat)  # fmt: skip
+        ids, codes, uncond = self._one_prompt(
+            prompt_ids, audio_codes, text, scene, ref_audio, ref_text, unconditional_ids, settings
+        )
         results: list[GenerationResult] = []
-        for _ in self._run([ids], [codes], max_new_tokens, settings, seed, results, progress=progress):
+        runs = self._run([ids], [codes], max_new_tokens, settings, seed, results, progress=progress,
+                         unconditional=[uncond])  # fmt: skip
+        for _ in runs:
             pass
         result = results[0]
         if decode_audio and self.audio_tokenizer is not None:
@@ -209,10 +236,12 @@ class Generator:
         seed = kw.pop("seed", None)
         max_new_tokens = kw.pop("max_new_tokens", 2048)
         decode_audio = kw.pop("decode_audio", True)
-        settings = SamplingSettings(**kw)
+        unconditional = kw.pop("unconditional_ids", None)  # one per prompt, for cfg_scale != 1
+        settings = self._settings(**kw)
         codes = audio_codes or [None] * len(prompts)
         results: list[GenerationResult] = []
-        for _ in self._run(list(prompts), codes, max_new_tokens, settings, seed, results):
+        for _ in self._run(list(prompts), codes, max_new_tokens, settings, seed, results,
+                           unconditional=unconditional):  # fmt: skip
             pass
         if decode_audio and self.audio_tokenizer is not None:
             for r in results:
@@ -230,18 +259,22 @@ class Generator:
         max_new_tokens=2048,
         seed=None,
         audio_codes=None,
+        unconditional_ids=None,
         **sampling_kw,
     ) -> Iterator[np.ndarray | torch.Tensor]:
         """Yield audio chunks (float32 24 kHz) as frames complete; codes `[n_q, k]` without a tokenizer.
         `self.last_result` holds the full result when the iterator ends."""
-        settings = SamplingSettings(**sampling_kw)
-        ids, codes = self._one_prompt(prompt_ids, audio_codes, text, scene, ref_audio, ref_text)
+        settings = self._settings(**sampling_kw)
+        ids, codes, uncond = self._one_prompt(
+            prompt_ids, audio_codes, text, scene, ref_audio, ref_text, unconditional_ids, settings
+        )
         decoder = self.audio_tokenizer.streaming_decoder() if self.audio_tokenizer is not None else None
         pending: list[torch.Tensor] = []
         t_start = time.perf_counter()
         first = None
         results: list[GenerationResult] = []
-        for frames in self._run([ids], [codes], max_new_tokens, settings, seed, results, stream=True):
+        for frames in self._run([ids], [codes], max_new_tokens, settings, seed, results, stream=True,
+                                unconditional=[uncond]):  # fmt: skip
             pending.append(frames)
             if sum(f.shape[1] for f in pending) < chunk_frames:
                 continue
@@ -265,17 +298,29 @@ class Generator:
         self.last_result = results[0]
         self.last_result.stats.time_to_first_audio_s = first
 
-    def _one_prompt(self, prompt_ids, audio_codes, text, scene, ref_audio, ref_text):
+    def _settings(self, cfg_scale: float | None = None, **kw) -> SamplingSettings:
+        """SamplingSettings with `cfg_scale` None → this generator's default (the checkpoint's own)."""
+        return SamplingSettings(**kw, cfg_scale=self.cfg_scale if cfg_scale is None else cfg_scale)
+
+    def _one_prompt(self, prompt_ids, audio_codes, text, scene, ref_audio, ref_text, unconditional, settings):
+        """(ids `[T]`, audio codes, the ids without the text to speak — None when guidance is off)."""
+        guided = settings.cfg_scale != 1
         if prompt_ids is None and text is None:
             raise HiggsLabError("give prompt_ids or text")
         if prompt_ids is None:
-            return self.prompt(text, scene, ref_audio, ref_text)
+            p = self.build_prompt(text, scene, ref_audio, ref_text)
+            return p.input_ids, p.audio_codes, (p.without_text() if guided else None)
         prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.long)
         if prompt_ids.dim() != 1 or prompt_ids.numel() == 0:
             raise HiggsLabError(
                 f"prompt_ids must be a non-empty [T] tensor, got shape {tuple(prompt_ids.shape)}"
             )
-        return prompt_ids, audio_codes
+        if guided and unconditional is None:
+            raise HiggsLabError(
+                f"cfg_scale={settings.cfg_scale} needs the prompt without its text: give text, or "
+                "unconditional_ids (Prompt.without_text()) with prompt_ids, or cfg_scale=1"
+            )
+        return prompt_ids, audio_codes, (torch.as_tensor(unconditional) if guided else None)
 
     # ---- the loop ------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -289,16 +334,25 @@ class Generator:
         results: list[GenerationResult],
         stream: bool = False,
         progress=None,
+        unconditional=None,
     ):
         """Prefill every prompt (left-padded), then decode; yields `[n_q, k]` newly complete frames of row 0
         when `stream`; calls `progress(n_steps)` at each host sync. Appends one `GenerationResult` per
-        prompt to `results` when done."""
+        prompt to `results` when done. With guidance, `unconditional` holds each prompt's ids without its
+        text; they run as rows B..2B-1 of the batch and cache."""
         settings.check()
         if max_new_tokens < 1:
             raise HiggsLabError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         model, c, dev = self.model, self.config, self.model.device
-        ids, mask, codes = self._pad(prompts, prompt_codes)
-        B, T = ids.shape
+        B, rows, row_codes = len(prompts), list(prompts), list(prompt_codes)
+        if settings.cfg_scale != 1:
+            if unconditional is None or len(unconditional) != B or any(u is None for u in unconditional):
+                raise HiggsLabError(
+                    f"cfg_scale={settings.cfg_scale} needs unconditional_ids for every prompt"
+                )
+            rows, row_codes = rows + list(unconditional), row_codes * 2  # same references, no text
+        ids, mask, codes = self._pad(rows, row_codes)
+        T = ids.shape[1]
         if T + max_new_tokens > c.max_position_embeddings:
             raise HiggsLabError(
                 f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
@@ -312,7 +366,7 @@ class Generator:
         length = T + max_new_tokens
         if self.compile:  # a compiled step is specialised to the cache's shape: round it, to reuse the code
             length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
-        cache = model.new_cache(B, length)
+        cache = model.new_cache(len(rows), length)
         model(ids, codes, mask, cache=cache, logits="none")
         cache.static = bool(self.compile)  # compiled steps see fixed shapes: the whole cache, masked
         synchronize(dev)
@@ -379,13 +433,18 @@ class Generator:
         `history` `[B, W, n_q]` holds the last W emitted columns for repetition-aware sampling (slots not
         yet filled hold -1, which matches no code); it is None when RAS is off. Compiled (`compile=`) once
         per sampling setting and reused, since the random generator is one object re-seeded per call."""
-        key = (settings.temperature, settings.top_k, settings.top_p, settings.ras_max_repeat, self.compile)
+        scale = settings.cfg_scale
+        key = (settings.temperature, settings.top_k, settings.top_p, settings.ras_max_repeat, scale, self.compile)  # fmt: skip
         if key in self._steps:
             return self._steps[key]
         model, rng = self.model, self._rng
 
         def step(column, history, state, cache):
-            logits = model.decode_audio_step(column, cache)
+            if scale == 1:
+                logits = model.decode_audio_step(column, cache)
+            else:  # rows B.. of the cache are the prompts without their text, fed the same columns
+                cond, uncond = model.decode_audio_step(torch.cat([column, column]), cache).float().chunk(2)
+                logits = uncond + scale * (cond - uncond)
             sampled = sampling.sample(
                 logits,  # sample() works in float32
                 temperature=settings.temperature,

@@ -40,6 +40,13 @@ class Prompt:
     )  # [T] ending with <|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|>
     audio_codes: torch.Tensor  # [n_q, F] the delayed reference segments, one column per <|AUDIO_OUT|>
     text: str  # the rendered prompt, placeholders included
+    text_span: tuple[int, int]  # [start, end) of the last user turn's content: "\n\n" + the text to speak
+
+    def without_text(self) -> torch.Tensor:
+        """The ids `[T - len(span)]` with the text to speak cut out: the unconditional prompt of
+        classifier-free guidance (a model trained with `lm.text_dropout` has seen it)."""
+        start, end = self.text_span
+        return torch.cat([self.input_ids[:start], self.input_ids[end:]])
 
 
 def _turn(role: str, content: str) -> str:
@@ -80,7 +87,7 @@ def build_prompt(
     Multi-speaker `[SPEAKER0]` tags are plain text. Empty text → `HiggsLabError`.
     """
     _check_text(text, "text")
-    for name in (AUDIO_OUT, AUDIO_OUT_BOS, AUDIO_EOS, "<|eot_id|>", "<|begin_of_text|>"):
+    for name in (AUDIO_OUT, AUDIO_OUT_BOS, AUDIO_EOS, "<|eot_id|>", "<|end_header_id|>", "<|begin_of_text|>"):
         if text_tokenizer.convert_tokens_to_ids(name) in (None, text_tokenizer.unk_token_id):
             raise HiggsLabError(f"the text tokenizer has no {name} token: not a Higgs Audio tokenizer")
     segments = []
@@ -93,13 +100,17 @@ def build_prompt(
         text.strip(), scene, [(r[0].strip(), s.shape[1]) for r, s in zip(references, segments, strict=True)]
     )
     ids = torch.tensor(text_tokenizer.encode(rendered, add_special_tokens=False), dtype=torch.long)
+    # the text to speak: after the last user turn's <|end_header_id|>, up to that turn's <|eot_id|>
+    end = int((ids == text_tokenizer.convert_tokens_to_ids("<|eot_id|>")).nonzero()[-1])
+    headers = (ids[:end] == text_tokenizer.convert_tokens_to_ids("<|end_header_id|>")).nonzero()
+    span = (int(headers[-1]) + 1, end)
     audio_codes = torch.cat(segments, dim=1) if segments else torch.zeros(n_q, 0, dtype=torch.long)
     placeholders = int((ids == text_tokenizer.convert_tokens_to_ids(AUDIO_OUT)).sum())
     if placeholders != audio_codes.shape[1]:  # the text itself contained <|AUDIO_OUT|>
         raise HiggsLabError(
             f"the prompt holds {placeholders} {AUDIO_OUT} tokens for {audio_codes.shape[1]} columns"
         )
-    return Prompt(input_ids=ids, audio_codes=audio_codes, text=rendered)
+    return Prompt(input_ids=ids, audio_codes=audio_codes, text=rendered, text_span=span)
 
 
 SPEAKER_TAG = re.compile(r"\[SPEAKER\d+\]")

@@ -107,8 +107,11 @@ class SamplingSettings:
     top_p: float = 0.95
     ras_window: int = 7
     ras_max_repeat: int = 2
+    cfg_scale: float = 1.0  # classifier-free guidance: uncond + s · (cond − uncond) on the logits; 1 = off
 
     def check(self) -> None:
         check_settings(self.temperature, self.top_k, self.top_p, self.ras_max_repeat)
         if self.ras_window < 0:
             raise HiggsLabError(f"ras_window must be >= 0 (0 = off), got {self.ras_window}")
+        if not self.cfg_scale >= 0:
+            raise HiggsLabError(f"cfg_scale must be >= 0 (1 = off), got {self.cfg_scale}")

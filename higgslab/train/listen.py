@@ -74,6 +74,7 @@ def listen(
     max_new_tokens: int = 500,
     lm: bool = True,
     temperature: float = 0.3,
+    cfg_scale: float | None = None,
 ) -> dict:
     """Generate every clip's text with `gen` (a `Generator` with an audio tokenizer) and score it; returns
     the JSON-ready report: `summary` and one `items` row per clip. `lm=False`: the ceilings only."""
@@ -89,7 +90,13 @@ def listen(
     rows: list[Heard] = []
     for clip in tqdm(clips, desc="listen", unit="sentence"):
         out = (
-            gen.generate(text=clip.text, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature)
+            gen.generate(
+                text=clip.text,
+                seed=seed,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                cfg_scale=cfg_scale,
+            )
             if lm
             else None
         )
@@ -153,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sentences", type=int, default=40, help="how many held-out sentences")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=0.3, help="0: greedy (with RAS)")
+    parser.add_argument("--cfg-scale", type=float, default=None,
+                        help="classifier-free guidance (default: the model's own; 1 = off)")  # fmt: skip
     parser.add_argument("--no-asr", action="store_true", help="duration only (no Whisper)")
     parser.add_argument(
         "--codec-only", action="store_true", help="the espeak-ng and resynthesis ceilings only"
@@ -178,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             asr=not args.no_asr,
             lm=not args.codec_only,
             temperature=args.temperature,
+            cfg_scale=args.cfg_scale,
         )
         report["model"] = label
         for key, value in report["summary"].items():

@@ -103,6 +103,14 @@ def test_reference_layout_matches_transformers_processor_convention(tokenizer):
     assert torch.equal(proc.build_delay_pattern(bos_eos)[0], ours.audio_codes)
 
 
+def test_text_span_is_the_text_to_speak_and_without_text_cuts_only_it(tokenizer):
+    ref = torch.randint(0, 1024, (8, 3))
+    p = build_prompt(tokenizer, "Say this.", scene="A quiet room.", references=[("Say that.", ref)])
+    start, end = p.text_span
+    assert tokenizer.decode(p.input_ids[start:end]) == "\n\nSay this."  # the turn's content after its header
+    assert tokenizer.decode(p.without_text()) == p.text.replace("\n\nSay this.", "")  # "Say that." stays
+
+
 @pytest.mark.parametrize("bad", ["", "   \n\t "])
 def test_empty_text_raises_one_line(tokenizer, bad):
     with pytest.raises(HiggsLabError, match="empty") as e:
