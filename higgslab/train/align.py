@@ -34,6 +34,8 @@ def diagonal_prior(
     prior = torch.zeros(len(spans), T, T)
     queries = torch.zeros(len(spans), T, dtype=torch.bool)
     for b, (t0, t1, a0, frames) in enumerate(spans):
+        if t1 == t0:  # no text (an unconditional example): nothing to align, its queries do not count
+            continue
         # audio position a0 + j predicts column j + 1, which holds codebook 0's frame j (column 0 is bos)
         progress = torch.arange(frames) / frames  # [N]
         where = (torch.arange(t1 - t0) + 0.5) / (t1 - t0)  # [M]
@@ -87,6 +89,9 @@ class GuidedAttention:
 
     def loss(self, prior: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """1 − the mean attention mass inside the band, over guided layers, heads and counted queries."""
+        if not queries.any():  # a batch without text
+            self.inputs.clear()
+            return prior.new_zeros(())
         per_layer = []
         for i in self.attentions:
             inside = (self.weights(i) * prior[:, None]).sum(-1)  # [B, h, T]

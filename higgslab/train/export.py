@@ -4,12 +4,13 @@
     python -m higgslab.train.export --run-dir runs/mini --lm lm --dest /tmp/mini
 
 The LM is re-read with `load_model` (the real loading path) and written in the ORIGINAL layout in bfloat16
-with its text tokenizer beside it; the audio tokenizer is stage 1's original-layout export, copied. Both are
+with its text tokenizer and generation config (the guidance scale) beside it; the audio tokenizer is stage 1's original-layout export, copied. Both are
 loaded back before the function returns, and the total size is checked against the budget.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -40,8 +41,10 @@ def export_mini(
     for d in (model_dir, tok_dir):
         if not (d / "config.json").is_file():
             raise HiggsLabError(f"{d}: not trained yet (run python -m higgslab.train.tokenizer / .lm first)")
+    generation = model_dir / "generation_config.json"
+    generation = json.loads(generation.read_text()) if generation.is_file() else None
     with atomic_dir(dest) as tmp:
-        export_model(load_model(model_dir), model_dir, tmp / "model", dtype)
+        export_model(load_model(model_dir), model_dir, tmp / "model", dtype, generation)
         shutil.copytree(tok_dir, tmp / "tokenizer")
         size = directory_bytes(tmp)
         if size > BUDGET_BYTES:

@@ -92,19 +92,21 @@ class Example:
         return (*self.text_span, self.first_audio, self.columns.shape[1] - self.columns.shape[0] - 1)
 
 
-def make_example(text_tokenizer, config: HiggsConfig, text: str, codes: torch.Tensor) -> Example:
+def make_example(
+    text_tokenizer, config: HiggsConfig, text: str, codes: torch.Tensor, drop_text: bool = False
+) -> Example:
+    """One training example; `drop_text` cuts the sentence out of the prompt (`Prompt.without_text`): the
+    unconditional example that classifier-free guidance needs the model to have seen."""
     from higgslab.generate.prompt import build_prompt
 
     prompt = build_prompt(text_tokenizer, text, n_q=config.num_codebooks, stream_bos_id=config.stream_bos_id,
                           stream_eos_id=config.stream_eos_id)  # fmt: skip
+    ids, span = prompt.input_ids, prompt.text_span
+    if drop_text:
+        ids, span = prompt.without_text(), (span[0], span[0])
     columns = delay.encode_segment(codes, config.stream_bos_id, config.stream_eos_id)
     audio = torch.full((columns.shape[1],), config.audio_out_token_id, dtype=torch.long)
-    ids = prompt.input_ids.tolist()
-    # the user turn is the last one closed by <|eot_id|>; its text follows that turn's <|end_header_id|>
-    end = len(ids) - 1 - ids[::-1].index(config.eot_token_id)
-    header = text_tokenizer.convert_tokens_to_ids("<|end_header_id|>")
-    start = max(i for i in range(end) if ids[i] == header) + 1
-    return Example(torch.cat([prompt.input_ids, audio]), columns, len(ids), (start, end))
+    return Example(torch.cat([ids, audio]), columns, len(ids), span)
 
 
 def collate(examples: list[Example], config: HiggsConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -155,8 +157,12 @@ def text_gain(
     return codebook0(texts[1:] + texts[:1]) - codebook0(texts)
 
 
-def export_model(model, text_dir: Path, out: Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Write the LM in the ORIGINAL layout (`write_checkpoint`) with the text tokenizer files beside it."""
+def export_model(
+    model, text_dir: Path, out: Path, dtype: torch.dtype = torch.float32, generation: dict | None = None
+) -> Path:
+    """Write the LM in the ORIGINAL layout (`write_checkpoint`) with the text tokenizer files beside it,
+    and `generation` (e.g. `{"guidance_scale": 2.0}`) as its `generation_config.json`."""
+    import json
     import shutil
 
     from higgslab.io.convert import write_checkpoint
@@ -166,6 +172,8 @@ def export_model(model, text_dir: Path, out: Path, dtype: torch.dtype = torch.fl
     write_checkpoint(out, model.config, tensors, fmt="original")
     for name in TEXT_FILES:
         shutil.copy2(text_dir / name, out / name)
+    if generation:
+        (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     return out
 
 
@@ -195,6 +203,7 @@ def train_lm(cfg: DictConfig) -> Path:
         torch.manual_seed(cfg.seed)
         model = HiggsAudioModel(config, text_head=False)
     examples = [make_example(text_tok, config, c.text, codes[c.id]) for c in train]
+    unconditional = [make_example(text_tok, config, c.text, codes[c.id], drop_text=True) for c in train]
     held_out = [make_example(text_tok, config, c.text, codes[c.id]) for c in valid]
 
     guide = GuidedAttention(model, list(m.guide.layers), list(m.guide.heads))
@@ -213,8 +222,11 @@ def train_lm(cfg: DictConfig) -> Path:
                 "codebook0": per_codebook[0]}  # fmt: skip
 
     def step(i: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        pick = torch.randint(len(examples), (m.batch_size,), generator=generator)
-        return losses([examples[int(j)] for j in pick])
+        pick = torch.randint(len(examples), (m.batch_size,), generator=generator).tolist()
+        drop = [False] * len(pick)
+        if m.text_dropout:  # drawn only when on, so runs without it keep their random stream
+            drop = (torch.rand(len(pick), generator=generator) < m.text_dropout).tolist()
+        return losses([(unconditional if d else examples)[j] for j, d in zip(pick, drop, strict=True)])
 
     @torch.no_grad()
     def eval_fn(i: int) -> dict[str, float]:
@@ -224,8 +236,11 @@ def train_lm(cfg: DictConfig) -> Path:
         return {"valid_loss": mean["audio_loss"], "valid_guide": mean["guide"], "text_gain": gain}
 
     run_training(model, model.parameters(), step, run_dir, m.steps, m.lr, m.warmup, cfg.seed, m.grad_clip,
-                 m.checkpoint_every, eval_fn, m.eval_every, title=f"mini LM ({m.name})")  # fmt: skip
-    return export_model(model, text_dir, run_dir / "model")
+                 m.checkpoint_every, eval_fn, m.eval_every, title=f"mini LM ({m.name})",
+                 weight_decay=m.weight_decay)  # fmt: skip
+    # the scale the model was measured best with (train/listen.py); 1 = no guidance
+    generation = {"guidance_scale": float(m.guidance_scale)} if m.guidance_scale != 1 else None
+    return export_model(model, text_dir, run_dir / "model", generation=generation)
 
 
 def main() -> None:

@@ -84,19 +84,25 @@ def run_training(
     after_step: Callable[[int, torch.Generator, dict], None] | None = None,
     title: str = "training",
     resume: bool = True,
+    weight_decay: float = 0.0,
 ) -> list[dict]:
     """Train `module` for `steps` optimizer steps; returns the loss history (one dict per step).
 
     step_fn(step, generator) -> losses, with "loss" the one to minimise (backward is called here).
     after_step(step, generator, losses) runs after the optimizer step (e.g. EMA codebook updates), with the
     same generator. eval_fn(step) -> metrics, logged into the history every `eval_every` steps and at the end.
+    weight_decay (AdamW, decoupled) applies to matrices and embedding tables only, not to norms or biases.
     """
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in params if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.8, 0.99))
     start, history = 0, []
     if resume and (run_dir / CHECKPOINT).is_file():
         state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)

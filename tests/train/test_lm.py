@@ -5,6 +5,7 @@ from transformers import AutoTokenizer
 
 from higgslab.io.checkpoints import load_model
 from higgslab.model.lm import HiggsAudioModel
+from higgslab.train.align import GuidedAttention, diagonal_prior
 from higgslab.train.lm import IGNORE, codebook_losses, collate, export_model, lm_config, make_example
 from higgslab.train.loop import run_training
 from higgslab.train.text import write_text_tokenizer
@@ -55,6 +56,40 @@ def test_text_span_is_the_sentence_and_frames_the_clip(tmp_path):
         assert first_audio == e.first_audio and e.columns.shape[1] == frames + config.num_codebooks + 1
 
 
+def test_unconditional_example_is_the_same_without_its_sentence(tmp_path):
+    config, tok, examples = setup(tmp_path)
+    codes = examples[2].columns[:, 1 : 1 + 9]  # any [n_q, N]
+    kept, dropped = (make_example(tok, config, TEXTS[2], codes, drop_text=d) for d in (False, True))
+    start, end = kept.text_span
+    assert torch.equal(dropped.input_ids, torch.cat([kept.input_ids[:start], kept.input_ids[end:]]))
+    assert dropped.text_span == (start, start) and dropped.first_audio == kept.first_audio - (end - start)
+    assert torch.equal(dropped.columns, kept.columns)
+    # guided attention leaves it out: no counted queries, and a batch of only such examples costs 0
+    T = len(kept.input_ids)
+    prior, queries = diagonal_prior([kept.span, dropped.span], T, 0.2)
+    assert queries[0].any() and not queries[1].any() and prior[1].abs().sum() == 0
+    torch.manual_seed(0)
+    model = HiggsAudioModel(config, text_head=False)
+    guide = GuidedAttention(model, layers=[0], heads=[0])
+    model(*collate([dropped], config)[:2])
+    assert guide.loss(*diagonal_prior([dropped.span], len(dropped.input_ids), 0.2)) == 0
+
+
+def test_weight_decay_shrinks_matrices_only(tmp_path):
+    """Decoupled decay on a parameter whose gradient is 0: matrices shrink by (1 - lr·wd) per step, the
+    norm-like vector does not."""
+    model = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def step(i, g):
+        return {"loss": (model.weight * 0).sum() + (model.bias * 0).sum()}
+
+    lr = 0.1
+    run_training(model, model.parameters(), step, tmp_path, steps=1, lr=lr, warmup=1, weight_decay=0.5)
+    assert torch.allclose(model.weight, before["weight"] * (1 - lr * 0.5))
+    assert torch.equal(model.bias, before["bias"])
+
+
 def test_codebook_losses_average_to_the_mean_cross_entropy(tmp_path):
     config, _, examples = setup(tmp_path)
     ids, codes, targets = collate(examples, config)
@@ -96,6 +131,7 @@ def test_overfit_resume_and_export_round_trip(tmp_path):
 def test_ablation_experiment_differs_only_in_dualffn():
     mini, ablation = compose("train/lm", []), compose("train/lm", ["experiment=mini_no_dualffn"])
     assert mini.lm.dual_ffn and not ablation.lm.dual_ffn and ablation.lm.name != mini.lm.name
-    for key in ("steps", "batch_size", "lr", "sizes"):
+    same = ("steps", "batch_size", "lr", "weight_decay", "sizes", "guide", "codebook_weights", "text_dropout")
+    for key in same:
         assert ablation.lm[key] == mini.lm[key]
     assert ablation.data == mini.data and ablation.tokenizer == mini.tokenizer
