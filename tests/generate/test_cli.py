@@ -50,6 +50,13 @@ def test_short_audio_is_retried_with_other_seeds_at_most_three_times(tmp_path, c
     assert [p.name for p in (tmp_path / "output_audio").iterdir()] == ["output_10.wav"]
 
 
+def test_guidance_scale_is_an_override_and_said(tmp_path, cache):
+    proc = generate(tmp_path, "text=Hi there.", "max_new_tokens=20", "cfg_scale=2", cache=cache)
+    assert proc.returncode == 0, proc.stderr
+    assert "classifier-free guidance 2" in proc.stdout
+    assert "guidance" not in generate(tmp_path, "text=Hi.", "max_new_tokens=12", "seed=2", cache=cache).stdout
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -57,6 +64,7 @@ def test_short_audio_is_retried_with_other_seeds_at_most_three_times(tmp_path, c
         (["text=Hi.", "device=tpu"], "device"),
         (["text=Hi.", "temperature=-1"], "temperature must be >= 0"),
         (["text=Hi.", "top_p=1.5"], r"top_p must be in (0, 1]"),
+        (["text=Hi.", "cfg_scale=-1"], "cfg_scale must be >= 0"),
         (["text=Hi.", "ref_audio=missing.wav"], "ref_audio missing.wav: no such file"),
         (["text=Hi.", "output_dir=afile"], "output_dir afile is a file"),
         (["text=Hi.", "model_path=nowhere"], "tokenizer_path is needed"),

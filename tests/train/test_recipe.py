@@ -26,12 +26,13 @@ def test_recipe_end_to_end(corpus, tmp_path):
 
     with pytest.raises(HiggsLabError, match=r"lm.codebook_weights must be 8 non-negative numbers"):
         train_lm(compose("train/lm", [*overrides, "lm.codebook_weights=[1,2]", "lm.name=bad"]))
-    train_lm(compose("train/lm", overrides))
+    train_lm(compose("train/lm", [*overrides, "lm.guidance_scale=2.5", "lm.text_dropout=0.5"]))
     history = torch.load(tmp_path / "run/lm/last.pt", weights_only=False)["history"]
     assert {"valid_loss", "valid_guide", "text_gain"} <= history[-1].keys()
     assert (tmp_path / "run/lm/loss.png").is_file()
 
     dest = export_mini(tmp_path / "run", tmp_path / "assets/mini")
     gen = Generator.from_paths(dest / "model", dest / "tokenizer", device="cpu")
+    assert gen.cfg_scale == 2.5  # the recipe's guidance scale travels with the shipped model
     result = gen.generate(text="Anna found the key.", max_new_tokens=30, seed=1)
     assert result.codes.shape[0] == 8
