@@ -218,6 +218,20 @@ def test_guided_logits_are_uncond_plus_scale_times_the_difference(text_gen):
     assert telling > 0  # measured 3 of 60 on this model: the check can tell the formula from its neighbours
 
 
+def test_guided_stream_and_batch_give_the_one_shot_codes(text_gen):
+    kw = dict(max_new_tokens=20, seed=3, temperature=0.8, cfg_scale=2.0)
+    one_shot = text_gen.generate(text="Stream me.", decode_audio=False, **kw)
+    list(text_gen.stream(text="Stream me.", chunk_frames=4, **kw))
+    assert torch.equal(text_gen.last_result.columns, one_shot.columns)
+    # a batch of guided prompts: 2B rows; greedy, since a batch draws its noise for all rows at once
+    texts = ("Stream me.", "And me, a longer one.")
+    prompts = [text_gen.build_prompt(t) for t in texts]
+    batch = text_gen.generate_batch([p.input_ids for p in prompts], cfg_scale=2.0, **GREEDY,
+                                    unconditional_ids=[p.without_text() for p in prompts])  # fmt: skip
+    for text, row in zip(texts, batch, strict=True):
+        assert torch.equal(row.columns, text_gen.generate(text=text, cfg_scale=2.0, **GREEDY).columns)
+
+
 def test_guidance_needs_the_unconditional_prompt_and_a_scale_of_at_least_0(gen):
     with pytest.raises(higgslab.HiggsLabError, match="cfg_scale=2.0 needs the prompt without its text"):
         gen.generate(PROMPT, cfg_scale=2.0)
