@@ -165,7 +165,8 @@ class Generator:
     ) -> GenerationResult:
         """One prompt → `GenerationResult`. Give `prompt_ids` `[T]` (+ `audio_codes` `[n_q, F]` for its
         audio placeholders), or `text` (+ `scene`, `ref_audio` path/codes, `ref_text`). With `cfg_scale` ≠ 1
-        (None: the model's default), `prompt_ids` need `unconditional_ids` (`Prompt.without_text()`)."""
+        (None: the model's default), the unconditional prompt is `unconditional_ids` if given, else the
+        prompt with its last user turn's content cut out."""
         settings = self._settings(cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                                   ras_window=ras_window, ras_max_repeat=ras_max_repeat)  # fmt: skip
         ids, codes, uncond = self._one_prompt(
@@ -238,6 +239,8 @@ class Generator:
         decode_audio = kw.pop("decode_audio", True)
         unconditional = kw.pop("unconditional_ids", None)  # one per prompt, for cfg_scale != 1
         settings = self._settings(**kw)
+        if settings.cfg_scale != 1 and unconditional is None:
+            unconditional = [self._without_text(torch.as_tensor(p), settings.cfg_scale) for p in prompts]
         codes = audio_codes or [None] * len(prompts)
         results: list[GenerationResult] = []
         for _ in self._run(list(prompts), codes, max_new_tokens, settings, seed, results,
@@ -316,11 +319,23 @@ class Generator:
                 f"prompt_ids must be a non-empty [T] tensor, got shape {tuple(prompt_ids.shape)}"
             )
         if guided and unconditional is None:
-            raise HiggsLabError(
-                f"cfg_scale={settings.cfg_scale} needs the prompt without its text: give text, or "
-                "unconditional_ids (Prompt.without_text()) with prompt_ids, or cfg_scale=1"
-            )
+            unconditional = self._without_text(prompt_ids, settings.cfg_scale)
         return prompt_ids, audio_codes, (torch.as_tensor(unconditional) if guided else None)
+
+    def _without_text(self, ids: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+        """`ids` `[T]` with the last user turn's content cut out (as `Prompt.without_text`)."""
+        from higgslab.generate.prompt import text_span
+
+        if self.text_tokenizer is None:
+            raise HiggsLabError(
+                f"cfg_scale={cfg_scale} needs the prompt without its text: give unconditional_ids "
+                "(Prompt.without_text()) with prompt_ids, a text tokenizer to find it, or cfg_scale=1"
+            )
+        tok = self.text_tokenizer
+        start, end = text_span(
+            ids, *(tok.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|end_header_id|>"))
+        )
+        return torch.cat([ids[:start], ids[end:]])
 
     # ---- the loop ------------------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -49,6 +49,16 @@ class Prompt:
         return torch.cat([self.input_ids[:start], self.input_ids[end:]])
 
 
+def text_span(ids: torch.Tensor, eot_id: int, end_header_id: int) -> tuple[int, int]:
+    """[start, end) of the last user turn's content in prompt ids `[T]`: after that turn's
+    `<|end_header_id|>`, up to its `<|eot_id|>` (the assistant turn that follows is still open)."""
+    eots = (ids == eot_id).nonzero()
+    headers = (ids[: int(eots[-1])] == end_header_id).nonzero() if len(eots) else eots
+    if not len(headers):
+        raise HiggsLabError("the prompt ids hold no closed user turn: no text to cut out for guidance")
+    return int(headers[-1]) + 1, int(eots[-1])
+
+
 def _turn(role: str, content: str) -> str:
     return f"<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>"
 
@@ -100,17 +110,14 @@ def build_prompt(
         text.strip(), scene, [(r[0].strip(), s.shape[1]) for r, s in zip(references, segments, strict=True)]
     )
     ids = torch.tensor(text_tokenizer.encode(rendered, add_special_tokens=False), dtype=torch.long)
-    # the text to speak: after the last user turn's <|end_header_id|>, up to that turn's <|eot_id|>
-    end = int((ids == text_tokenizer.convert_tokens_to_ids("<|eot_id|>")).nonzero()[-1])
-    headers = (ids[:end] == text_tokenizer.convert_tokens_to_ids("<|end_header_id|>")).nonzero()
-    span = (int(headers[-1]) + 1, end)
+    eot, end_header = (text_tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|end_header_id|>"))
     audio_codes = torch.cat(segments, dim=1) if segments else torch.zeros(n_q, 0, dtype=torch.long)
     placeholders = int((ids == text_tokenizer.convert_tokens_to_ids(AUDIO_OUT)).sum())
     if placeholders != audio_codes.shape[1]:  # the text itself contained <|AUDIO_OUT|>
         raise HiggsLabError(
             f"the prompt holds {placeholders} {AUDIO_OUT} tokens for {audio_codes.shape[1]} columns"
         )
-    return Prompt(input_ids=ids, audio_codes=audio_codes, text=rendered, text_span=span)
+    return Prompt(ids, audio_codes, rendered, text_span(ids, eot, end_header))
 
 
 SPEAKER_TAG = re.compile(r"\[SPEAKER\d+\]")

@@ -1,22 +1,18 @@
 """Prompt of FORMATS.md §5 on the tiny Llama-3-shaped tokenizer; long-text chunking; the tokenizer itself."""
 
-import time
-
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 from higgslab import delay
 from higgslab.errors import HiggsLabError
-from higgslab.generate.prompt import build_prompt, split_text
+from higgslab.generate.prompt import build_prompt, split_text, text_span
 from higgslab.tiny.text import write_tiny_text_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    start = time.perf_counter()
     directory = write_tiny_text_tokenizer(tmp_path_factory.mktemp("text_tokenizer"))
-    assert time.perf_counter() - start < 2.0
     return AutoTokenizer.from_pretrained(directory)
 
 
@@ -109,6 +105,8 @@ def test_text_span_is_the_text_to_speak_and_without_text_cuts_only_it(tokenizer)
     start, end = p.text_span
     assert tokenizer.decode(p.input_ids[start:end]) == "\n\nSay this."  # the turn's content after its header
     assert tokenizer.decode(p.without_text()) == p.text.replace("\n\nSay this.", "")  # "Say that." stays
+    with pytest.raises(HiggsLabError, match="no closed user turn"):
+        text_span(p.input_ids[:4], eot_id=128009, end_header_id=128007)  # cut before any turn closes
 
 
 @pytest.mark.parametrize("bad", ["", "   \n\t "])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import torch
@@ -13,12 +12,10 @@ from higgslab import load_tokenizer
 from higgslab.tiny.tokenizer import write_tiny_tokenizer
 
 
-def test_both_layouts_load_fast_and_agree(tiny_dirs, speech_like):
+def test_both_layouts_load_and_agree(tiny_dirs, speech_like):
     toks = {}
     for fmt, directory in tiny_dirs.items():
-        start = time.perf_counter()
         toks[fmt] = load_tokenizer(directory)
-        assert time.perf_counter() - start < 2.0
         assert toks[fmt].format == fmt
     codes = toks["original"].encode(speech_like, 24000)
     assert torch.equal(codes, toks["transformers"].encode(speech_like, 24000))
