@@ -9,7 +9,8 @@ streaming hands out frames.
 
 Classifier-free guidance (`cfg_scale` ≠ 1, for models trained with text dropout such as higgslab-mini):
 each prompt runs beside its copy without the text to speak (`Prompt.without_text`) in one batch, and the
-sampled logits are uncond + cfg_scale · (cond − uncond). The default is the checkpoint's own
+codes are sampled from uncond + cfg_scale · (cond − uncond), the stream tokens with their conditional
+probability (`sampling.guide`). The default is the checkpoint's own
 `generation_config.json` `guidance_scale`, else 1 (off: the real checkpoints were not trained for it).
 
 Temperature 0 is greedy and seed-independent: repetition-aware sampling (a random redraw) is applied
@@ -458,8 +459,8 @@ class Generator:
             if scale == 1:
                 logits = model.decode_audio_step(column, cache)
             else:  # rows B.. of the cache are the prompts without their text, fed the same columns
-                cond, uncond = model.decode_audio_step(torch.cat([column, column]), cache).float().chunk(2)
-                logits = uncond + scale * (cond - uncond)
+                cond, uncond = model.decode_audio_step(torch.cat([column, column]), cache).chunk(2)
+                logits = sampling.guide(cond, uncond, scale, model.config.codebook_size)
             sampled = sampling.sample(
                 logits,  # sample() works in float32
                 temperature=settings.temperature,

@@ -98,6 +98,19 @@ def sample(
     return torch.where(repeats >= ras_max_repeat, redrawn, tokens)
 
 
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, n_codes: int) -> torch.Tensor:
+    """Classifier-free guidance on logits `[..., V]`: uncond + scale · (cond − uncond) over the `n_codes`
+    audio codes, while the stream tokens (ids >= n_codes: bos, eos) keep their conditional probability.
+    Guidance sharpens what is said, not when it stops: extrapolated, eos would be pushed wherever the
+    text-aware model expects it more than the text-blind one, which at scale 2 cut speech to half its
+    length and ended some at once. Returns log-probabilities `[..., V]` (float32)."""
+    cond, uncond = cond.float(), uncond.float()
+    stream = cond.log_softmax(-1)[..., n_codes:]  # log p(bos), log p(eos) under the conditional model
+    codes = (uncond + scale * (cond - uncond))[..., :n_codes].log_softmax(-1)
+    rest = torch.log1p(-stream.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-6))  # log p(a code)
+    return torch.cat([codes + rest, stream], dim=-1)
+
+
 @dataclass
 class SamplingSettings:
     """The sampling knobs of one generation (the NPU port's defaults), checked before any work."""

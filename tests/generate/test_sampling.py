@@ -120,3 +120,17 @@ def test_bad_settings_raise_one_line(kw, word):
     with pytest.raises(HiggsLabError, match=word) as e:
         sampling.sample(torch.randn(1, 8, V), **kw)
     assert "\n" not in str(e.value)
+
+
+def test_guidance_extrapolates_the_codes_and_keeps_the_stream_tokens_conditional():
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 8, 1026, generator=g) * 3, torch.randn(2, 8, 1026, generator=g) * 3
+    out = sampling.guide(cond, uncond, 2.5, n_codes=1024)
+    p, p_cond = out.exp(), cond.softmax(-1)
+    torch.testing.assert_close(p.sum(-1), torch.ones(2, 8))
+    torch.testing.assert_close(p[..., 1024:], p_cond[..., 1024:])  # bos / eos: the conditional model's
+    extrapolated = (uncond + 2.5 * (cond - uncond))[..., :1024].softmax(-1)
+    torch.testing.assert_close(p[..., :1024] / p[..., :1024].sum(-1, keepdim=True), extrapolated)
+    torch.testing.assert_close(
+        sampling.guide(cond, uncond, 1.0, 1024), cond.log_softmax(-1)
+    )  # scale 1: no guidance
