@@ -13,7 +13,8 @@ WIDE = {"description_width": "initial"}
 
 
 class GenerationPlayer(widgets.VBox):
-    """Parts: `text`, `scene`, `seed`, `temperature`, `top_k`, `top_p`, `max_new_tokens`, `button`,
+    """Parts: `text`, `scene`, `seed`, `temperature`, `top_k`, `top_p`, `cfg_scale` (classifier-free
+    guidance, starting at the model's own scale; 1 = off), `max_new_tokens`, `button`,
     `progress` (frames so far), `stream_player` (the newest chunk, autoplaying), `player` (the final
     WAV), `download` (an HTML link), `status`. After a press: `chunks` (audio as it arrived) and `result`
     (`Generator.last_result`; `result.audio` is the concatenated chunks). `button.click()` runs it."""
@@ -28,6 +29,7 @@ class GenerationPlayer(widgets.VBox):
             "top_p": 0.95,
             "max_new_tokens": 200,
             "ras_window": 7,
+            "cfg_scale": generator.cfg_scale,
         }
         d.update({k: v for k, v in defaults.items() if k in d and v is not None})
         self.ras_window = d["ras_window"]
@@ -44,6 +46,9 @@ class GenerationPlayer(widgets.VBox):
         )
         self.top_k = widgets.IntSlider(value=d["top_k"], min=0, max=200, description="top-k")
         self.top_p = widgets.FloatSlider(value=d["top_p"], min=0.05, max=1, step=0.05, description="top-p")
+        self.cfg_scale = widgets.FloatSlider(
+            value=d["cfg_scale"], min=0, max=6, step=0.5, description="guidance", style=WIDE
+        )
         self.max_new_tokens = widgets.IntText(value=d["max_new_tokens"], description="max steps", style=WIDE)
         self.button = widgets.Button(description="Generate", button_style="primary", icon="play")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="frames")
@@ -56,7 +61,7 @@ class GenerationPlayer(widgets.VBox):
         self.button.on_click(lambda _: self.generate())
         settings = widgets.HBox(
             [
-                widgets.VBox([self.seed, self.max_new_tokens]),
+                widgets.VBox([self.seed, self.max_new_tokens, self.cfg_scale]),
                 widgets.VBox([self.temperature, self.top_k, self.top_p]),
             ]
         )
@@ -93,6 +98,7 @@ class GenerationPlayer(widgets.VBox):
                 top_k=self.top_k.value,
                 top_p=self.top_p.value,
                 ras_window=self.ras_window,
+                cfg_scale=self.cfg_scale.value,
             ):
                 if not len(chunk):  # the streaming decoder's lookahead can hold the first frames back
                     continue

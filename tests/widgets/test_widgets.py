@@ -70,6 +70,10 @@ def test_generation_player_streams_then_offers_the_wav(generator):
     first = player.result.codes
     player.button.click()  # same seed, same codes
     assert torch.equal(player.result.codes, first)
+    assert player.cfg_scale.value == generator.cfg_scale  # the model's own scale to start with
+    player.cfg_scale.value = 6.0  # the slider's top: this random tiny LM barely reads its text
+    player.button.click()
+    assert player.result is not None and not torch.equal(player.result.codes, first), player.status.value
 
 
 def test_generation_player_reports_bad_settings(generator):
