@@ -95,7 +95,8 @@ class Generator:
             audio_tok = load_tokenizer(tokenizer_path, device=dev)
         generation = Path(model_path) / "generation_config.json"
         if generation.is_file() and "cfg_scale" not in kw:
-            kw["cfg_scale"] = json.loads(generation.read_text()).get("guidance_scale") or 1.0
+            scale = json.loads(generation.read_text()).get("guidance_scale")  # null or absent: off
+            kw["cfg_scale"] = 1.0 if scale is None else float(scale)
         return cls(model, audio_tok, text_tok, **kw)
 
     # ---- prompts -----------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ class SamplingSettings:
     top_p: float = 0.95
     ras_window: int = 7
     ras_max_repeat: int = 2
-    cfg_scale: float = 1.0  # classifier-free guidance: uncond + s · (cond − uncond) on the logits; 1 = off
+    cfg_scale: float = 1.0  # classifier-free guidance (`guide`); 1 = off
 
     def check(self) -> None:
         check_settings(self.temperature, self.top_k, self.top_p, self.ras_max_repeat)

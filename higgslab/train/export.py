@@ -4,8 +4,9 @@
     python -m higgslab.train.export --run-dir runs/mini --lm lm --dest /tmp/mini
 
 The LM is re-read with `load_model` (the real loading path) and written in the ORIGINAL layout in float16
-with its text tokenizer and generation config (the guidance scale) beside it; the audio tokenizer is stage 1's original-layout export, copied. Both are
-loaded back before the function returns, and the total size is checked against the budget.
+with its text tokenizer and generation config (the guidance scale) beside it; the audio tokenizer is stage
+1's original-layout export, copied. Both are loaded back before the function returns, and the total size is
+checked against the budget.
 
 float16, not bfloat16: guidance multiplies the difference of two logit sets, and bfloat16's 8-bit mantissa
 in the weights made that difference noisy enough to cost the guided mini a third of its recognised

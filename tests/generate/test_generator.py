@@ -252,3 +252,5 @@ def test_the_checkpoint_generation_config_sets_the_default_scale(embedded_cache,
     shutil.copytree(model_dir, tmp_path / "model")
     (tmp_path / "model" / "generation_config.json").write_text(json.dumps({"guidance_scale": 3.0}))
     assert Generator.from_paths(tmp_path / "model").cfg_scale == 3.0
+    (tmp_path / "model" / "generation_config.json").write_text(json.dumps({"guidance_scale": None}))
+    assert Generator.from_paths(tmp_path / "model").cfg_scale == 1.0  # transformers writes null when unset
