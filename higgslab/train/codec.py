@@ -105,9 +105,19 @@ class CodecTrainer(nn.Module):
         fused = torch.cat([acoustic, silent], dim=1)
         return self.codec.fc_prior(fused.transpose(1, 2)).transpose(1, 2)
 
-    def forward(self, wav: torch.Tensor, n_active: int | None = None, quantize: bool = True) -> CodecOutput:
-        """Reconstruction from the first `n_active` levels; quantize=False is the warm-up's linear bottleneck."""
-        B, _, L = wav.shape
+    def forward(
+        self, wav: torch.Tensor, n_active: int | None = None, quantize: bool = True, codes_fixed: bool = False
+    ) -> CodecOutput:
+        """Reconstruction from the first `n_active` levels; quantize=False is the warm-up's linear bottleneck.
+        codes_fixed: encoder and quantizer run without gradient, so training moves the decoder alone."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not codes_fixed):
+            quantized, codes, commitment, projected = self._quantize(wav, n_active, quantize)
+        recon = self.codec.acoustic_decoder(self.codec.fc_post2(quantized).transpose(1, 2))
+        return CodecOutput(recon[..., : wav.shape[-1]], commitment, codes, projected)
+
+    def _quantize(self, wav, n_active, quantize):
+        """(sum of the first n_active levels' outputs `[B, T, D]`, codes `[B, n_q, T]`, commitment, projected)"""
+        B = wav.shape[0]
         latent = self.latent(wav)
         T = latent.shape[-1]
         residual = latent.transpose(1, 2).reshape(B * T, -1)
@@ -129,14 +139,8 @@ class CodecTrainer(nn.Module):
                 commitment = commitment + (F.mse_loss(z, codeword) if quantize else 0.0)
                 quantized = quantized + out
             residual = residual - out
-        latent_q = self.codec.fc_post2(quantized).reshape(B, T, -1).transpose(1, 2)
-        recon = self.codec.acoustic_decoder(latent_q)
-        return CodecOutput(
-            recon=recon[..., :L],
-            commitment=commitment / n_active,
-            codes=torch.stack(codes, 1).reshape(B, T, -1).transpose(1, 2),
-            projected=projected,
-        )
+        codes = torch.stack(codes, 1).reshape(B, T, -1).transpose(1, 2)
+        return quantized.reshape(B, T, -1), codes, commitment / n_active, projected
 
     @torch.no_grad()
     def init_codebooks(self, wav: torch.Tensor, generator: torch.Generator) -> None:

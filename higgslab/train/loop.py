@@ -98,11 +98,13 @@ def run_training(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in params if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.8, 0.99))
+    groups = [{"params": params}]  # one group without decay: what checkpoints of runs without it hold
+    if weight_decay:
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2]},
+        ]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
     start, history = 0, []
     if resume and (run_dir / CHECKPOINT).is_file():
         state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)

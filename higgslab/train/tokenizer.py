@@ -5,7 +5,8 @@
 
 Synthesises the corpus if needed, trains `CodecTrainer` on random crops (multi-resolution mel/STFT loss,
 waveform L1, commitment; an unquantised warm-up, then EMA codebooks seeded from the warmed-up latent, with
-dead-code restarts and quantizer dropout), evaluates quality per number of codebooks on validation clips, and
+dead-code restarts and quantizer dropout; the last `decoder_steps` train the decoder alone on fixed codes,
+every prefix of k codebooks in turn), evaluates quality per number of codebooks on validation clips, and
 writes into `<run_dir>/tokenizer/`:
 
     last.pt             resumable training state (rerun the same command to continue)
@@ -70,7 +71,10 @@ def train_tokenizer(cfg: DictConfig) -> Path:
         # quantizer dropout: sometimes decode from the first k codebooks only, so every k is trained
         drop = float(torch.rand((), generator=generator)) < t.quantizer_dropout
         k = int(torch.randint(1, n_q + 1, (1,), generator=generator)) if drop else n_q
-        out = trainer(wav, k, quantize)
+        fixed = i >= t.steps - t.decoder_steps  # the last steps: decoder alone, on codes that no longer move
+        if fixed:
+            k = i % n_q + 1  # every prefix in turn, so each added codebook is worth something to the decoder
+        out = trainer(wav, k, quantize, codes_fixed=fixed)
         last_out["out"] = out
         losses = spectral(out.recon, wav)
         losses["wave_l1"] = (out.recon - wav).abs().mean()
@@ -85,7 +89,8 @@ def train_tokenizer(cfg: DictConfig) -> Path:
 
     def after_step(i: int, generator: torch.Generator, losses: dict) -> None:
         out = last_out.pop("out")
-        if bool(trainer.initialised):  # codebooks exist only once the warm-up is over
+        fixed = i >= t.steps - t.decoder_steps
+        if bool(trainer.initialised) and not fixed:  # codebooks exist only once the warm-up is over
             losses["dead_restarts"] = trainer.update_codebooks(out, generator).sum().float()
 
     def eval_fn(i: int) -> dict[str, float]:

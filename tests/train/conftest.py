@@ -38,6 +38,7 @@ def tiny_overrides(corpus, run_dir) -> list[str]:
         f"tokenizer.widths={TINY_WIDTHS}",
         "tokenizer.steps=3",
         "tokenizer.continuous_steps=1",
+        "tokenizer.decoder_steps=1",
         "tokenizer.batch_size=2",
         "tokenizer.crop_frames=5",
         "tokenizer.eval_clips=1",

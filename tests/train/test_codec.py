@@ -91,3 +91,23 @@ def test_input_gain_makes_the_fresh_latent_follow_the_audio():
     gained = sum(latent_on_off_gap(mini_codec(s)) for s in range(3))
     plain = sum(latent_on_off_gap(mini_codec(s, input_gain=1.0)) for s in range(3))
     assert gained > 3 * plain
+
+
+def test_fixed_codes_train_the_decoder_alone():
+    """The recipe's last `decoder_steps`: only fc_post2 and the decoder move, so the codes stay what the LM
+    was trained on."""
+    torch.manual_seed(0)
+    trainer = CodecTrainer(mini_codec(0, **TINY))
+    wav = torch.randn(2, 1, 960 * 4) * 0.1
+    trainer.init_codebooks(wav, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        codes = trainer(wav).codes
+    before = {k: v.clone() for k, v in trainer.state_dict().items()}
+    opt = torch.optim.Adam([p for p in trainer.parameters() if p.requires_grad], 1e-2)
+    out = trainer(wav, 3, codes_fixed=True)
+    SpectralLoss(windows=(512, 128))(out.recon, wav)["mel"].backward()
+    opt.step()
+    moved = {k for k, v in trainer.state_dict().items() if not torch.equal(before[k], v)}
+    assert moved and all(k.startswith(("codec.acoustic_decoder.", "codec.fc_post2.")) for k in moved), moved
+    with torch.no_grad():
+        assert torch.equal(trainer(wav).codes, codes)
