@@ -52,18 +52,17 @@ def run(cfg: DictConfig) -> Path:
     size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
     print(f"device: {gen.model.device} ({gen.model.dtype}), parameters: {size} ({n:,})")
 
-    prompt = gen.build_prompt(text, cfg.scene, cfg.ref_audio, cfg.ref_text)  # once: retries change the seed
+    ids, codes = gen.prompt(text, cfg.scene, cfg.ref_audio, cfg.ref_text)  # once: retries change the seed
     cfg_scale = gen.cfg_scale if cfg.cfg_scale is None else cfg.cfg_scale
     guidance = f", classifier-free guidance {cfg_scale:g}" if cfg_scale != 1 else ""
-    print(f"prompt: {len(prompt.input_ids)} tokens{guidance}")
+    print(f"prompt: {len(ids)} tokens{guidance}")
     seed = cfg.seed
     for attempt in range(cfg.max_retries + 1):
         with tqdm(total=cfg.max_new_tokens, desc="generating", unit="frame", file=sys.stdout) as bar:
             result = gen.generate(
-                prompt.input_ids,
-                audio_codes=prompt.audio_codes,
-                unconditional_ids=prompt.without_text(),
-                cfg_scale=cfg_scale,
+                ids,
+                audio_codes=codes,
+                cfg_scale=cfg_scale,  # guided: generate cuts the text out of ids for the textless rows
                 max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature,
                 top_k=cfg.top_k,

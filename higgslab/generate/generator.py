@@ -326,18 +326,14 @@ class Generator:
 
     def _without_text(self, ids: torch.Tensor, cfg_scale: float) -> torch.Tensor:
         """`ids` `[T]` with the last user turn's content cut out (as `Prompt.without_text`)."""
-        from higgslab.generate.prompt import text_span
+        from higgslab.generate.prompt import without_text
 
         if self.text_tokenizer is None:
             raise HiggsLabError(
                 f"cfg_scale={cfg_scale} needs the prompt without its text: give unconditional_ids "
                 "(Prompt.without_text()) with prompt_ids, a text tokenizer to find it, or cfg_scale=1"
             )
-        tok = self.text_tokenizer
-        start, end = text_span(
-            ids, *(tok.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|end_header_id|>"))
-        )
-        return torch.cat([ids[:start], ids[end:]])
+        return without_text(ids, self.text_tokenizer)
 
     # ---- the loop ------------------------------------------------------------------------------------------
     @torch.inference_mode()

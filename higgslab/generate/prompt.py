@@ -45,8 +45,22 @@ class Prompt:
     def without_text(self) -> torch.Tensor:
         """The ids `[T - len(span)]` with the text to speak cut out: the unconditional prompt of
         classifier-free guidance (a model trained with `lm.text_dropout` has seen it)."""
-        start, end = self.text_span
-        return torch.cat([self.input_ids[:start], self.input_ids[end:]])
+        return without_span(self.input_ids, self.text_span)
+
+
+def without_span(ids: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+    """`ids` `[T]` with positions [start, end) removed."""
+    return torch.cat([ids[: span[0]], ids[span[1] :]])
+
+
+def without_text(ids: torch.Tensor, text_tokenizer) -> torch.Tensor:
+    """Prompt ids `[T]` with the last user turn's content cut out (what `Prompt.without_text` gives)."""
+    return without_span(ids, _text_span(ids, text_tokenizer))
+
+
+def _text_span(ids: torch.Tensor, text_tokenizer) -> tuple[int, int]:
+    eot, end_header = (text_tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|end_header_id|>"))
+    return text_span(ids, eot, end_header)
 
 
 def text_span(ids: torch.Tensor, eot_id: int, end_header_id: int) -> tuple[int, int]:
@@ -110,14 +124,13 @@ def build_prompt(
         text.strip(), scene, [(r[0].strip(), s.shape[1]) for r, s in zip(references, segments, strict=True)]
     )
     ids = torch.tensor(text_tokenizer.encode(rendered, add_special_tokens=False), dtype=torch.long)
-    eot, end_header = (text_tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|end_header_id|>"))
     audio_codes = torch.cat(segments, dim=1) if segments else torch.zeros(n_q, 0, dtype=torch.long)
     placeholders = int((ids == text_tokenizer.convert_tokens_to_ids(AUDIO_OUT)).sum())
     if placeholders != audio_codes.shape[1]:  # the text itself contained <|AUDIO_OUT|>
         raise HiggsLabError(
             f"the prompt holds {placeholders} {AUDIO_OUT} tokens for {audio_codes.shape[1]} columns"
         )
-    return Prompt(ids, audio_codes, rendered, text_span(ids, eot, end_header))
+    return Prompt(ids, audio_codes, rendered, _text_span(ids, text_tokenizer))
 
 
 SPEAKER_TAG = re.compile(r"\[SPEAKER\d+\]")

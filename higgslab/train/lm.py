@@ -91,22 +91,24 @@ class Example:
         """(text start, text end, first audio position, frames): what `align.diagonal_prior` needs."""
         return (*self.text_span, self.first_audio, self.columns.shape[1] - self.columns.shape[0] - 1)
 
+    def without_text(self) -> Example:
+        """The same example with its sentence cut out of the prompt (`Prompt.without_text`): the
+        unconditional example that classifier-free guidance needs the model to have seen."""
+        from higgslab.generate.prompt import without_span
 
-def make_example(
-    text_tokenizer, config: HiggsConfig, text: str, codes: torch.Tensor, drop_text: bool = False
-) -> Example:
-    """One training example; `drop_text` cuts the sentence out of the prompt (`Prompt.without_text`): the
-    unconditional example that classifier-free guidance needs the model to have seen."""
+        start, end = self.text_span
+        ids = without_span(self.input_ids, self.text_span)
+        return Example(ids, self.columns, self.first_audio - (end - start), (start, start))
+
+
+def make_example(text_tokenizer, config: HiggsConfig, text: str, codes: torch.Tensor) -> Example:
     from higgslab.generate.prompt import build_prompt
 
     prompt = build_prompt(text_tokenizer, text, n_q=config.num_codebooks, stream_bos_id=config.stream_bos_id,
                           stream_eos_id=config.stream_eos_id)  # fmt: skip
-    ids, span = prompt.input_ids, prompt.text_span
-    if drop_text:
-        ids, span = prompt.without_text(), (span[0], span[0])
     columns = delay.encode_segment(codes, config.stream_bos_id, config.stream_eos_id)
     audio = torch.full((columns.shape[1],), config.audio_out_token_id, dtype=torch.long)
-    return Example(torch.cat([ids, audio]), columns, len(ids), span)
+    return Example(torch.cat([prompt.input_ids, audio]), columns, len(prompt.input_ids), prompt.text_span)
 
 
 def collate(examples: list[Example], config: HiggsConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -203,7 +205,6 @@ def train_lm(cfg: DictConfig) -> Path:
         torch.manual_seed(cfg.seed)
         model = HiggsAudioModel(config, text_head=False)
     examples = [make_example(text_tok, config, c.text, codes[c.id]) for c in train]
-    unconditional = [make_example(text_tok, config, c.text, codes[c.id], drop_text=True) for c in train]
     held_out = [make_example(text_tok, config, c.text, codes[c.id]) for c in valid]
 
     guide = GuidedAttention(model, list(m.guide.layers), list(m.guide.heads))
@@ -226,7 +227,8 @@ def train_lm(cfg: DictConfig) -> Path:
         drop = [False] * len(pick)
         if m.text_dropout:  # drawn only when on, so runs without it keep their random stream
             drop = (torch.rand(len(pick), generator=generator) < m.text_dropout).tolist()
-        return losses([(unconditional if d else examples)[j] for j, d in zip(pick, drop, strict=True)])
+        batch = [examples[j] for j in pick]
+        return losses([e.without_text() if d else e for e, d in zip(batch, drop, strict=True)])
 
     @torch.no_grad()
     def eval_fn(i: int) -> dict[str, float]:

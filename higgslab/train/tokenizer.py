@@ -63,6 +63,9 @@ def train_tokenizer(cfg: DictConfig) -> Path:
     n_q, samples = trainer.codec.cfg.n_q, t.crop_frames * trainer.codec.cfg.hop_length
     last_out = {}
 
+    def decoder_only(i: int) -> bool:  # the last steps: decoder alone, on codes that no longer move
+        return i >= t.steps - t.decoder_steps
+
     def step(i: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         wav = random_crops(train, t.batch_size, samples, generator)
         quantize = i >= t.continuous_steps
@@ -71,10 +74,9 @@ def train_tokenizer(cfg: DictConfig) -> Path:
         # quantizer dropout: sometimes decode from the first k codebooks only, so every k is trained
         drop = float(torch.rand((), generator=generator)) < t.quantizer_dropout
         k = int(torch.randint(1, n_q + 1, (1,), generator=generator)) if drop else n_q
-        fixed = i >= t.steps - t.decoder_steps  # the last steps: decoder alone, on codes that no longer move
-        if fixed:
+        if decoder_only(i):
             k = i % n_q + 1  # every prefix in turn, so each added codebook is worth something to the decoder
-        out = trainer(wav, k, quantize, codes_fixed=fixed)
+        out = trainer(wav, k, quantize, codes_fixed=decoder_only(i))
         last_out["out"] = out
         losses = spectral(out.recon, wav)
         losses["wave_l1"] = (out.recon - wav).abs().mean()
@@ -89,8 +91,7 @@ def train_tokenizer(cfg: DictConfig) -> Path:
 
     def after_step(i: int, generator: torch.Generator, losses: dict) -> None:
         out = last_out.pop("out")
-        fixed = i >= t.steps - t.decoder_steps
-        if bool(trainer.initialised) and not fixed:  # codebooks exist only once the warm-up is over
+        if bool(trainer.initialised) and not decoder_only(i):  # codebooks exist only once the warm-up is over
             losses["dead_restarts"] = trainer.update_codebooks(out, generator).sum().float()
 
     def eval_fn(i: int) -> dict[str, float]:
