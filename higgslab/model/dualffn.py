@@ -34,6 +34,7 @@ from torch import nn
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
 
 from higgslab.config import HiggsConfig, LayerKind
+from higgslab.model.packing import PackedProjections
 
 
 @dataclass
@@ -150,6 +151,7 @@ class DualFFNLayer(nn.Module):
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.audio_ffn: Literal["audio", "text", "skip"] = "audio"
+        self.packed: PackedProjections | None = None  # fused decode matrices: model/packing.py
         self.has_audio_attn = self.kind == "dual_ffn" and config.audio_self_attention
         if self.kind == "dual_ffn":
             self.audio_mlp = LlamaMLP(llama)
@@ -159,6 +161,11 @@ class DualFFNLayer(nn.Module):
             # the original numbers this attention's cache slot right after the shared one
             self.audio_attn = LlamaAttention(llama, layer_idx=attn_slot + 1)
             self.audio_post_audio_attn_layer_norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def _apply(self, fn, recurse=True):
+        # casting or moving gives the weights new storage: the fused matrices would be stale copies
+        self.packed = None
+        return super()._apply(fn, recurse)
 
     @property
     def attn_slots(self) -> int:
@@ -221,9 +228,10 @@ class DualFFNLayer(nn.Module):
         """The decode-step fast path: one audio position per row, `h` `[B, D]` → `[B, D]`.
 
         Same math as `forward` with `Route.audio()`, in as few ops as possible (at small widths a decode
-        step is all dispatch overhead): 2-D matmuls against transposed weight views, attention with the
-        query heads that share a key/value head folded into the query length (no key/value repeat),
-        the cache written in place. `rope` = (cos, sin) `[B, head_dim]`.
+        step is all dispatch overhead): 2-D matmuls against transposed weight views (one for q/k/v and
+        one for gate/up when the layer is packed: `model/packing.py`), attention with the query heads
+        that share a key/value head folded into the query length (no key/value repeat), the cache
+        written in place. `rope` = (cos, sin) `[B, head_dim]`.
         """
         if self.kind == "fast_forward":
             return h
@@ -232,18 +240,25 @@ class DualFFNLayer(nn.Module):
             cos, sin = (t[:, None] for t in rope)
             return self.forward(h[:, None], Route.audio(), (cos, sin), masks, cache)[:, 0]
         h = h + self._decode_attention(_rms_norm(h, self.audio_input_layernorm), rope, mask, cache)
-        mlp = self.audio_mlp
+        mlp, packed = self.audio_mlp, self.packed
         x = _rms_norm(h, self.audio_post_attention_layernorm)
-        return h + _linear(mlp.act_fn(_linear(x, mlp.gate_proj)) * _linear(x, mlp.up_proj), mlp.down_proj)
+        if packed is None:
+            gate, up = _linear(x, mlp.gate_proj), _linear(x, mlp.up_proj)
+        else:  # one product for both
+            gate, up = torch.mm(x, packed.gate_up).split(packed.intermediate, dim=1)
+        return h + _linear(mlp.act_fn(gate) * up, mlp.down_proj)
 
     def _decode_attention(self, x, rope, mask, cache) -> torch.Tensor:
-        attn = self.self_attn
+        attn, packed = self.self_attn, self.packed
         B, D = x.shape[0], attn.head_dim
         cos, sin = (t[:, None] for t in rope)  # [B, 1, D]
-        q = _linear(x, attn.q_proj).view(B, -1, D)  # [B, H, D]
-        k = _linear(x, attn.k_proj).view(B, -1, D)  # [B, H_kv, D]
+        if packed is None:
+            q, k, v = _linear(x, attn.q_proj), _linear(x, attn.k_proj), _linear(x, attn.v_proj)
+        else:  # one product for all three
+            q, k, v = torch.mm(x, packed.qkv).split([packed.q, packed.kv, packed.kv], dim=1)
+        q, k = q.view(B, -1, D), k.view(B, -1, D)  # [B, H, D], [B, H_kv, D]
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-        keys, values = cache.update(k[:, :, None], _linear(x, attn.v_proj).view(B, -1, 1, D), attn.layer_idx)
+        keys, values = cache.update(k[:, :, None], v.reshape(B, -1, 1, D), attn.layer_idx)
         # the query heads sharing a key/value head become that head's query rows: [B, H_kv, n_rep, D]
         q = q.view(B, keys.shape[1], -1, D)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)

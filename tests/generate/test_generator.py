@@ -34,17 +34,26 @@ def gen(lm_checkpoints):
 
 
 @pytest.fixture(scope="module")
+def unpacked_gen(lm_checkpoints):
+    """The modules' own weight layout (what accelerators run): no fused decode matrices."""
+    return Generator(no_eos(higgslab.load_model(lm_checkpoints["original"])), pack=False)
+
+
+@pytest.fixture(scope="module")
 def eosless_oracle():
     from higgslab.tiny.model import tiny_hf_model
 
     return no_eos(tiny_hf_model(seed=0))
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("prompt_len", [8, 14])
-def test_greedy_codes_equal_transformers_generate(gen, eosless_oracle, prompt_len):
+def test_greedy_codes_equal_transformers_generate(gen, unpacked_gen, eosless_oracle, prompt_len, packed):
     prompt = PROMPT[-prompt_len:]
     expected, expected_columns = reference_codes(eosless_oracle, prompt, 40)
-    result = gen.generate(prompt, max_new_tokens=40, temperature=0, ras_window=0)
+    g = gen if packed else unpacked_gen
+    result = g.generate(prompt, max_new_tokens=40, temperature=0, ras_window=0)
+    assert all((layer.packed is not None) == packed for layer in g.model.layers)  # CPU default: packed
     assert expected.shape == (8, 32)
     assert torch.equal(result.codes, expected)
     assert torch.equal(result.columns, expected_columns)
