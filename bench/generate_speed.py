@@ -18,6 +18,7 @@ import torch
 from higgslab.config import HiggsConfig
 from higgslab.generate.generator import Generator
 from higgslab.model.lm import HiggsAudioModel
+from higgslab.model.packing import pack_for_decode
 
 CONFIGS = {
     # name: (hidden, layers, heads, kv_heads, intermediate, dtype, target ratio, threads)
@@ -34,7 +35,7 @@ PROMPT = torch.tensor(
 
 
 def build(name: str):
-    """Our model with random weights, and transformers' model sharing the very same tensors."""
+    """Our model with random weights, and transformers' model with the same values."""
     from transformers import HiggsAudioV2ForConditionalGeneration
     from transformers.models.higgs_audio_v2.modeling_higgs_audio_v2 import HiggsAudioV2RotaryEmbedding
 
@@ -58,7 +59,12 @@ def build(name: str):
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(0.02).to(dtype))
         ours.audio_head.weight.view(8, 1026, -1)[:, 1025] = 0  # no stream-eos: every step runs
     ours.materialize_buffers()
-    shared = {from_canonical(k, "transformers"): v for k, v in ours.state_dict().items()}
+    # ours as the Generator runs it on the CPU; transformers gets every weight in nn.Linear's own layout:
+    # the same tensors where packing kept that layout (bf16), its own copies where it did not (float32)
+    pack_for_decode(ours)
+    shared = {
+        from_canonical(k, "transformers"): v.detach().contiguous() for k, v in ours.state_dict().items()
+    }
     theirs.load_state_dict(shared, strict=True, assign=True)
     theirs.model.rotary_emb = HiggsAudioV2RotaryEmbedding(hf_config)  # float32 frequencies, on the CPU
     theirs.model.embed_audio_tokens.audio_tokens_offsets = torch.arange(8) * 1026
