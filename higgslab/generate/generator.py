@@ -411,8 +411,13 @@ class Generator:
 
         t1 = time.perf_counter()
         steps = max_new_tokens
+        # After a run's first compiled step has passed its guards, the others see the same objects with the
+        # same shapes: skip re-checking them (~0.25 ms a step on the CPU). Not when streaming, whose caller
+        # runs between steps and may change the model.
+        trusted = bool(self.compile) and not stream
         for t in range(1, max_new_tokens):
-            column, history, state = step_fn(column, history, state, cache)
+            with _skip_guards() if trusted and t > 1 else contextlib.nullcontext():
+                column, history, state = step_fn(column, history, state, cache)
             columns[:, t] = column
             if t == n_q and stats.time_to_first_audio_s is None:  # column n_q completes frame 0
                 synchronize(dev)
@@ -512,6 +517,11 @@ class Generator:
                     codes[b, :, : x.shape[-1]] = x
             codes = codes.to(dev)
         return ids.to(dev), (None if mask.all() else mask.to(dev)), codes
+
+
+def _skip_guards():
+    """torch.compile checks only the guards that tell its compiled variants apart (set on creation)."""
+    return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
 
 
 @contextlib.contextmanager

@@ -186,6 +186,16 @@ def sample_rows(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Te
     return x[idx] + 1e-3 * torch.randn(n, x.shape[1], generator=generator) * x.std()
 
 
+def negative_si_sdr(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Mean negative scale-invariant SDR in dB of `[B, 1, L]` batches: a loss that only phase-true
+    waveforms can lower (the spectral losses are blind to phase)."""
+    est, ref = estimate[:, 0] - estimate.mean(-1), target[:, 0] - target.mean(-1)
+    scale = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps)
+    projected = scale * ref
+    ratio = projected.pow(2).sum(-1) / ((est - projected).pow(2).sum(-1) + eps)
+    return -(10 * torch.log10(ratio + eps)).mean()
+
+
 class SpectralLoss(nn.Module):
     """Multi-resolution reconstruction loss: L1 of log-mel spectrograms (DAC's main term) plus the
     log-magnitude STFT L1 and spectral convergence of each resolution. Inputs `[B, 1, L]`."""

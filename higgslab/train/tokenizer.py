@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from higgslab.train.codec import CodecTrainer, SpectralLoss, mini_codec
+from higgslab.train.codec import CodecTrainer, SpectralLoss, mini_codec, negative_si_sdr
 from higgslab.train.data import Clip, build_corpus, load_audio, read_manifest
 
 
@@ -80,11 +80,13 @@ def train_tokenizer(cfg: DictConfig) -> Path:
         last_out["out"] = out
         losses = spectral(out.recon, wav)
         losses["wave_l1"] = (out.recon - wav).abs().mean()
+        losses["neg_si_sdr"] = negative_si_sdr(out.recon, wav)
         losses["commitment"] = out.commitment
         losses["loss"] = (
             t.loss.mel * losses["mel"]
             + t.loss.stft * losses["stft"]
             + t.loss.wave_l1 * losses["wave_l1"]
+            + t.loss.get("si_sdr", 0.0) * losses["neg_si_sdr"]
             + t.loss.commitment * losses["commitment"]
         )
         return losses

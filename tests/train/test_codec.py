@@ -3,7 +3,8 @@
 import torch
 
 from higgslab.tokenizer.codec import AudioTokenizer
-from higgslab.train.codec import CodecTrainer, SpectralLoss, mini_codec
+from higgslab.tokenizer.stats import si_sdr
+from higgslab.train.codec import CodecTrainer, SpectralLoss, mini_codec, negative_si_sdr
 
 TINY = dict(encoder_width=2, latent_dim=16, decoder_width=32, codebook_dim=4, bins=64)
 
@@ -111,3 +112,13 @@ def test_fixed_codes_train_the_decoder_alone():
     assert moved and all(k.startswith(("codec.acoustic_decoder.", "codec.fc_post2.")) for k in moved), moved
     with torch.no_grad():
         assert torch.equal(trainer(wav).codes, codes)
+
+
+def test_negative_si_sdr_is_the_eval_metric_negated():
+    """The training loss (torch, batched) and the evaluation metric (numpy) are the same SI-SDR."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(3, 1, 2400, generator=g)
+    est = 0.5 * ref + 0.3 * torch.randn(3, 1, 2400, generator=g) + 0.2  # scaled, noisy, offset
+    expected = [si_sdr(r[0].numpy(), e[0].numpy()) for r, e in zip(ref, est, strict=True)]
+    assert abs(float(negative_si_sdr(est, ref)) + sum(expected) / 3) < 1e-3
+    assert float(negative_si_sdr(3 * ref, ref)) < -60  # a scaled copy is near-perfect
