@@ -5,7 +5,8 @@
 Greedy, stream-eos rows of the audio head zeroed so that both run every step. The time per decode step
 is the difference between a long and a short run divided by the extra steps, so prefill and set-up
 cancel out. Prints ms/step for both and the ratio (transformers / higgslab: > 1 means higgslab is
-faster), and for every config the effective GB/s of weights read per step.
+faster), for every config the effective GB/s of weights read per step, and the time of the step's matrix
+products alone (`weights_alone`: the floor for a bandwidth-bound step).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def json_dict(hf_config) -> dict:
     return json.loads(hf_config.to_json_string())
 
 
-def per_step(runs: dict, short: int, long: int, repeats: int = 3) -> dict[str, float]:
+def per_step(runs: dict, short: int, long: int, repeats: int = 5) -> dict[str, float]:
     """Seconds per extra decode step between a `short` and a `long` run, for each of `runs` (name → fn(n)).
 
     The runs are interleaved and each keeps its best: on a shared machine every contender then sees the
@@ -103,6 +104,24 @@ def weight_bytes_per_step(model: HiggsAudioModel) -> int:
     return n * model.dtype.itemsize
 
 
+def weights_alone(model: HiggsAudioModel, repeats: int = 20) -> float:
+    """Seconds for the products of one decode step and nothing else: each packed layer's q/k/v, o, gate/up
+    and down matrices and the audio head, times one row. The floor a decode step cannot go under."""
+    mats = []
+    for layer in model.layers:
+        p = layer.packed
+        mats += [p.qkv, layer.self_attn.o_proj.weight.t(), p.gate_up, layer.audio_mlp.down_proj.weight.t()]
+    mats.append(model.audio_head.weight.t())
+    rows = [torch.randn(1, m.shape[0], dtype=m.dtype) for m in mats]
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for x, m in zip(rows, mats, strict=True):
+            torch.mm(x, m)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def measure(name: str, short: int, long: int, compile: bool) -> None:
     *_, target, threads = CONFIGS[name]
     torch.set_num_threads(threads or DEFAULT_THREADS)
@@ -122,9 +141,10 @@ def measure(name: str, short: int, long: int, compile: bool) -> None:
         same = torch.equal(eager.generate(PROMPT, max_new_tokens=short + 9, temperature=0).columns, reference)
         times = per_step(runs, short, long)
     t_ref = times.pop("transformers")
+    floor = weights_alone(ours)
     print(
         f"{name:9s} transformers {t_ref * 1e3:8.2f} ms/step  ({torch.get_num_threads()} threads; "
-        f"same greedy codes as higgslab: {same})"
+        f"same greedy codes as higgslab: {same}; the weights alone: {floor * 1e3:.2f} ms)"
     )
     for label, t in times.items():
         ratio = t_ref / t
