@@ -25,6 +25,7 @@ Research switches, no model edits needed:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,6 +73,12 @@ class Route:
     @classmethod
     def text(cls) -> Route:
         return cls("text")
+
+
+# transformers 5.24 renamed LlamaAttention's `past_key_values` to `cache` (the old name warns on every call)
+_CACHE_KWARG = (
+    "cache" if "cache" in inspect.signature(LlamaAttention.forward).parameters else "past_key_values"
+)
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -180,7 +187,7 @@ class DualFFNLayer(nn.Module):
         return self.audio_input_layernorm, self.audio_post_attention_layernorm, ffn
 
     def _attend(self, attn: LlamaAttention, x, rope, mask, cache) -> torch.Tensor:
-        out, _ = attn(hidden_states=x, position_embeddings=rope, attention_mask=mask, past_key_values=cache)
+        out, _ = attn(hidden_states=x, position_embeddings=rope, attention_mask=mask, **{_CACHE_KWARG: cache})
         return out
 
     def forward(
