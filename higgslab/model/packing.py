@@ -87,11 +87,16 @@ def prefers_in_out(dtype: torch.dtype) -> bool:
     return dtype == torch.float32
 
 
-@torch.no_grad()
 def pack_for_decode(model: nn.Module) -> int:
     """Pack every packable layer of `model` (a `HiggsAudioModel`) and its audio head, in the layout that
     `prefers_in_out(model.dtype)` says; idempotent: layers whose packing is current are left alone.
-    Returns how many layers were (re)packed."""
+    Returns how many layers were (re)packed. Safe inside `torch.inference_mode()` (the generator's):
+    the new storage is made outside it, so the model can still be trained afterwards."""
+    with torch.inference_mode(False), torch.no_grad():
+        return _pack(model)
+
+
+def _pack(model: nn.Module) -> int:
     in_out = prefers_in_out(model.dtype)
     repacked = 0
     for layer in model.layers:

@@ -93,3 +93,15 @@ def test_packed_model_trains_saves_and_unpacks(model, tmp_path):
     assert all(p.is_contiguous() for p in model.parameters())
     assert all(layer.packed is None for layer in model.layers)
     assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_a_model_packed_by_the_generator_still_trains(model):
+    """The generator packs inside inference mode; the packed weights must not be inference tensors."""
+    from higgslab.generate.generator import Generator
+
+    Generator(model).generate(PROMPT[0], max_new_tokens=3, temperature=0)
+    assert model.layers[0].packed is not None
+    ids = torch.cat([PROMPT, torch.full((1, 2), 128016)], 1)
+    model.train()
+    model(ids, torch.zeros(1, 8, 2, dtype=torch.long)).audio_logits.square().mean().backward()
+    assert model.layers[0].self_attn.q_proj.weight.grad is not None
