@@ -86,7 +86,7 @@ def train_tokenizer(cfg: DictConfig) -> Path:
             t.loss.mel * losses["mel"]
             + t.loss.stft * losses["stft"]
             + t.loss.wave_l1 * losses["wave_l1"]
-            + t.loss.get("si_sdr", 0.0) * losses["neg_si_sdr"]
+            + t.loss.si_sdr * losses["neg_si_sdr"]
             + t.loss.commitment * losses["commitment"]
         )
         return losses
