@@ -58,7 +58,7 @@ def run(cfg: DictConfig) -> Path:
     print(f"prompt: {len(ids)} tokens{guidance}")
     seed = cfg.seed
     for attempt in range(cfg.max_retries + 1):
-        with tqdm(total=cfg.max_new_tokens, desc="generating", unit="frame", file=sys.stdout) as bar:
+        with tqdm(total=cfg.max_new_tokens, desc="generating", unit="step", file=sys.stdout) as bar:
             result = gen.generate(
                 ids,
                 audio_codes=codes,
@@ -72,6 +72,7 @@ def run(cfg: DictConfig) -> Path:
                 seed=seed,
                 progress=bar.update,
             )
+            bar.total = bar.n  # it stops once every codebook has closed: end the bar there, complete
         s = result.stats
         print(
             f"{s.steps} steps in {s.decode_s:.2f} s = {s.frames_per_s:.1f} frames/s; prefill {s.prefill_s:.3f} s; "

@@ -130,6 +130,9 @@ def test_main_command_speaks_with_the_shipped_mini(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "model: embedded higgslab-mini" in proc.stdout and "classifier-free guidance 3" in proc.stdout
+    # it stops long before max_new_tokens (2048); the progress bar ends complete where it stopped
+    last_bar = proc.stdout.replace("\r", "\n").split("generating:")[-1]
+    assert "100%" in last_bar and "/2048" not in last_bar
     import soundfile as sf
 
     info = sf.info(tmp_path / "out" / "output_1.wav")
