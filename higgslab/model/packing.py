@@ -2,7 +2,8 @@
 
 A decode step multiplies one row per sequence by every weight matrix, so on a CPU it is a chain of
 matrix-vector products whose speed is the memory bandwidth. Two things make that chain faster here
-(2-core Xeon, float32, hidden 1024: 13.1 → 11.8 ms for the same 394 MB, `bench/generate_speed.py`):
+(2-core Xeon, float32, hidden 1024: 13.1 → 11.8 ms for the same 394 MB, timed back to back; the bench
+prints the packed chain's time as "the weights alone"):
 - fewer, larger products: q/k/v as one `[D, q + k + v]` matrix and the audio FFN's gate/up as one
   `[D, 2 · I]` matrix;
 - in float32 the `[in, out]` layout: MKL streams `x @ W` over a contiguous W faster than over the

@@ -189,7 +189,7 @@ def sample_rows(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Te
 def negative_si_sdr(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Mean negative scale-invariant SDR in dB of `[B, 1, L]` batches: a loss that only phase-true
     waveforms can lower (the spectral losses are blind to phase)."""
-    est, ref = estimate[:, 0] - estimate.mean(-1), target[:, 0] - target.mean(-1)
+    est, ref = (x[:, 0] - x[:, 0].mean(-1, keepdim=True) for x in (estimate, target))  # zero-mean [B, L]
     scale = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps)
     projected = scale * ref
     ratio = projected.pow(2).sum(-1) / ((est - projected).pow(2).sum(-1) + eps)
