@@ -409,9 +409,17 @@ class Generator:
         if scheduler is not None:
             scheduler.push(column[0])
 
+        # compiled steps attend to a window that grows with the written slots (T + t at step t): exactly
+        # those on the CPU; in buckets under CUDA/NPU graphs, which record one graph for every window. It
+        # stays shorter than the cache (T + t < length): a whole-cache slice is contiguous, and
+        # torch.compile would specialise a step on that.
+        window = CACHE_BUCKET if isinstance(self.compile, str) else 1
         t1 = time.perf_counter()
         steps = max_new_tokens
         for t in range(1, max_new_tokens):
+            span = min(-(-(T + t) // window) * window, length - 1)
+            if self.compile and (t == 1 or span != cache.span):
+                cache.attend_to(span)
             column, history, state = step_fn(column, history, state, cache)
             if t == 1 and self.compile and not stream:
                 # the first compiled step has passed its guards; the others see the same objects with the same

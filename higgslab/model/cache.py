@@ -2,7 +2,7 @@
 
 Every attention slot writes its keys/values at the same positions, set once per forward by the model
 (`begin`), so a layer that skips a step (fast-forward layers skip audio steps) cannot fall out of step,
-and a decode step has fixed shapes: the whole cache is attended to, with not-yet-written or padded
+and a decode step has fixed shapes: a window of the cache is attended to, with not-yet-written or padded
 slots masked out. That is what makes a decode step capturable as a CUDA/NPU graph.
 """
 
@@ -41,9 +41,11 @@ class StaticKVCache:
         self.write_pos = torch.zeros(1, dtype=torch.long, device=device)
         self.max_len = max_len
         # The host knows how many positions are used without asking the device. Eager decoding attends
-        # to that prefix only; `static=True` (graph capture) attends to all `max_len` slots, masked.
+        # to that prefix only; `static=True` (compiled steps) attends to the `window` the host sets, masked.
         self.used = 0
         self.static = False
+        self.window: torch.Tensor | None = None  # see `attend_to`
+        self._slots = torch.empty(max_len, dtype=torch.bool, device=device)
         self.padded = False  # some row has padding slots: eager steps then need a mask
 
     def begin(self, n: int, valid: torch.Tensor, is_audio: torch.Tensor, padded: bool = False) -> None:
@@ -60,10 +62,20 @@ class StaticKVCache:
             self.used += n
             self.padded = self.padded or padded
 
+    def attend_to(self, n: int) -> None:
+        """Static steps from now on attend to the first `n` slots (the host knows how many are written).
+
+        The window is the length of a tensor, not an int: torch.compile specialises on ints, but leaves a
+        tensor dimension marked dynamic symbolic, so one compiled step serves every window."""
+        self.window = self._slots[:n]
+        torch._dynamo.mark_dynamic(self.window, 0)
+
     @property
     def span(self) -> int:
-        """How many slots attention looks at: the used prefix, or all of them when static."""
-        return self.max_len if self.static else self.used
+        """How many slots attention looks at: the used prefix, or the window (default: all) when static."""
+        if not self.static:
+            return self.used
+        return self.max_len if self.window is None else self.window.shape[0]
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """transformers' `Cache.update` contract: store `[B, H, n, D]`, return the whole slot."""
