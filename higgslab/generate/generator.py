@@ -406,6 +406,9 @@ class Generator:
             history = torch.full((B, settings.ras_window, n_q), -1, dtype=torch.long, device=dev)
             history[:, -1] = column
         scheduler = delay.DelayScheduler(n_q, c.codebook_size) if stream else None
+        # each step's random draws are made before it: a compiled step cannot draw from `self._rng`
+        noise_shape = (B, n_q, c.codebook_entries)
+        n_draws = sampling.draws(settings.temperature, ras=history is not None)
         if scheduler is not None:
             scheduler.push(column[0])
 
@@ -420,7 +423,8 @@ class Generator:
             span = min(-(-(T + t) // window) * window, length - 1)
             if self.compile and (t == 1 or span != cache.span):
                 cache.attend_to(span)
-            column, history, state = step_fn(column, history, state, cache)
+            noise = sampling.exponential_noise(noise_shape, n_draws, self._rng, dev)
+            column, history, state = step_fn(column, history, state, cache, noise)
             if t == 1 and self.compile and not stream:
                 # the first compiled step has passed its guards; the others see the same objects with the same
                 # shapes (~0.25 ms a step on the CPU to re-check). Not when streaming: the caller runs between
@@ -466,15 +470,15 @@ class Generator:
         """The decode step: logits → sampled column → delay forcing; pure device work, fixed shapes.
 
         `history` `[B, W, n_q]` holds the last W emitted columns for repetition-aware sampling (slots not
-        yet filled hold -1, which matches no code); it is None when RAS is off. Compiled (`compile=`) once
-        per sampling setting and reused, since the random generator is one object re-seeded per call."""
+        yet filled hold -1, which matches no code); it is None when RAS is off. `noise`: the step's Exp(1)
+        draws (`sampling.exponential_noise`). Compiled (`compile=`) once per sampling setting and reused."""
         scale = settings.cfg_scale
         key = (settings.temperature, settings.top_k, settings.top_p, settings.ras_max_repeat, scale, self.compile)  # fmt: skip
         if key in self._steps:
             return self._steps[key]
-        model, rng = self.model, self._rng
+        model = self.model
 
-        def step(column, history, state, cache):
+        def step(column, history, state, cache, noise):
             if scale == 1:
                 logits = model.decode_audio_step(column, cache)
             else:  # rows B.. of the cache are the prompts without their text, fed the same columns
@@ -485,9 +489,9 @@ class Generator:
                 temperature=settings.temperature,
                 top_k=settings.top_k,
                 top_p=settings.top_p,
-                generator=rng,
                 history=history,
                 ras_max_repeat=settings.ras_max_repeat,
+                noise=noise,
             )
             column, state = delay.force(sampled, state)
             if history is not None:

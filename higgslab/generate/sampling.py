@@ -4,6 +4,8 @@ Greedy at temperature 0; otherwise temperature → top-k → top-p (transformers
 draw by the exponential race: argmax(p / e) with e ~ Exp(1) picks token i with probability p_i, like
 `torch.multinomial`, but with static shapes and no host sync, from a seeded `torch.Generator` on the
 logits' device. So a decode step can be captured in a CUDA/NPU graph and the same seed gives the same codes.
+torch.compile cannot trace a `torch.Generator`, so a compiled step takes its noise drawn beforehand
+(`exponential_noise`, the same draws in the same order): the step stays one graph.
 
 Repetition-aware sampling (RAS), as the original `_sample_audio_tokens` does it: after the draw, a codebook
 whose drawn token already appears >= `ras_max_repeat` times among its last `window` emitted tokens is
@@ -60,9 +62,28 @@ def filter_logits(
     return scores
 
 
-def race(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one index per row of `[..., V]` probabilities: argmax(p / Exp(1) noise) → `[...]`."""
-    noise = torch.empty_like(probs).exponential_(generator=generator)
+def draws(temperature: float, ras: bool) -> int:
+    """How many noise tensors `sample` uses: the main draw (not at temperature 0), then the RAS redraw."""
+    return int(temperature > 0) + int(ras)
+
+
+def exponential_noise(
+    shape: tuple[int, ...], n: int, generator: torch.Generator | None, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, ...]:
+    """`n` float32 tensors of Exp(1) noise, drawn from `generator` exactly as `sample` would draw them."""
+    return tuple(
+        torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator)
+        for _ in range(n)
+    )
+
+
+def race(
+    probs: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Draw one index per row of `[..., V]` probabilities: argmax(p / Exp(1) noise) → `[...]`. The noise
+    is drawn from `generator` unless given (same shape as `probs`)."""
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_(generator=generator)
     return (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
 
 
@@ -75,26 +96,31 @@ def sample(
     history: torch.Tensor | None = None,
     ras_max_repeat: int = 2,
     ras_window: int | None = None,
+    noise: tuple[torch.Tensor, ...] | None = None,
 ) -> torch.Tensor:
     """One column `[B, n_q]` from logits `[B, n_q, V]`.
 
     history: `[B, W, n_q]`, the last emitted columns (stream tokens included) for RAS; None or W = 0 → off.
     ras_window: if given, only the last `ras_window` columns of `history` count (0 → off).
     Draws: the main draw (skipped at temperature 0), then, with RAS on, one redraw for every codebook
-    (used only where it triggers), so the random stream advances the same way every step.
+    (used only where it triggers), so the random stream advances the same way every step. `noise`: those
+    draws made beforehand (`exponential_noise`, `[B, n_q, V]` each) instead of from `generator`.
     """
     check_settings(temperature, top_k, top_p, ras_max_repeat)
     logits = logits.float()
+    if ras_window is not None and history is not None:
+        history = history[:, history.shape[1] - min(ras_window, history.shape[1]) :]
+    ras = history is not None and history.shape[1] > 0
+    given = iter(noise if noise is not None else [None] * draws(temperature, ras))
     if temperature == 0:
         tokens = logits.argmax(dim=-1)
     else:
-        tokens = race(filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1), generator)
-    if ras_window is not None and history is not None:
-        history = history[:, history.shape[1] - min(ras_window, history.shape[1]) :]
-    if history is None or history.shape[1] == 0:
+        probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
+        tokens = race(probs, generator, next(given))
+    if not ras:
         return tokens
     repeats = (history == tokens[:, None, :]).sum(dim=1)
-    redrawn = race(logits.softmax(dim=-1), generator)
+    redrawn = race(logits.softmax(dim=-1), generator, next(given))
     return torch.where(repeats >= ras_max_repeat, redrawn, tokens)
 
 

@@ -39,6 +39,21 @@ def test_same_seed_same_codes_other_seed_other_codes():
     assert not torch.equal(draw(7), draw(8))
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_noise_drawn_beforehand_gives_the_same_codes(temperature):
+    """A compiled step gets its draws as `exponential_noise`: the same numbers, in the order `sample` uses."""
+    logits, history = torch.randn(2, 8, V), torch.randint(0, 4, (2, 7, 8))
+    history[..., 0] = logits[:, 0].argmax(-1)[:, None]  # codebook 0 repeats under greedy: RAS redraws it
+    kw = dict(temperature=temperature, top_k=50, top_p=0.9, history=history)
+    n = sampling.draws(temperature, ras=True)
+    assert n == (2 if temperature else 1)
+    noise = sampling.exponential_noise(tuple(logits.shape), n, sampling.seeded_generator(3))
+    drawn = sampling.sample(logits, generator=sampling.seeded_generator(3), **kw)
+    assert torch.equal(sampling.sample(logits, noise=noise, **kw), drawn)
+    other = sampling.exponential_noise(tuple(logits.shape), n, sampling.seeded_generator(4))
+    assert not torch.equal(sampling.sample(logits, noise=other, **kw), drawn)
+
+
 def test_draws_follow_the_tempered_distribution():
     logits = peaked([2.0, 1.0, 0.0, -1.0], rows=20000)
     tokens = sampling.sample(logits, temperature=0.7, generator=sampling.seeded_generator(0))
