@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_map
 
 from higgslab import delay
 from higgslab.device import peak_memory, reset_peak_memory, synchronize
@@ -416,7 +417,8 @@ class Generator:
         # those on the CPU; in buckets under CUDA/NPU graphs, which record one graph for every window. It
         # stays shorter than the cache (T + t < length): a whole-cache slice is contiguous, and
         # torch.compile would specialise a step on that.
-        window = CACHE_BUCKET if isinstance(self.compile, str) else 1
+        graphs = isinstance(self.compile, str)  # a torch.compile mode: "reduce-overhead" records CUDA graphs
+        window = CACHE_BUCKET if graphs else 1
         t1 = time.perf_counter()
         steps = max_new_tokens
         for t in range(1, max_new_tokens):
@@ -425,6 +427,8 @@ class Generator:
                 cache.attend_to(span)
             noise = sampling.exponential_noise(noise_shape, n_draws, self._rng, dev)
             column, history, state = step_fn(column, history, state, cache, noise)
+            if graphs:  # a CUDA/NPU graph's outputs live in its own buffers, which its next replay overwrites
+                column, history, state = tree_map(torch.clone, (column, history, state))
             if t == 1 and self.compile and not stream:
                 # the first compiled step has passed its guards; the others see the same objects with the same
                 # shapes (~0.25 ms a step on the CPU to re-check). Not when streaming: the caller runs between

@@ -39,6 +39,11 @@ class StaticKVCache:
         self.seen = torch.zeros(batch, dtype=torch.long, device=device)
         self.length = torch.zeros((), dtype=torch.long, device=device)  # slots used, same for all rows
         self.write_pos = torch.zeros(1, dtype=torch.long, device=device)
+        # a compiled step writes these in place; CUDA graphs keep such writes only for inputs whose address
+        # is marked static (as transformers' StaticCache does). Unguarded: a new cache re-records the
+        # graph instead of recompiling the step.
+        for t in (*self.keys, *self.values, self.valid, self.is_audio, self.seen, self.length):
+            torch._dynamo.mark_static_address(t)
         self.max_len = max_len
         # The host knows how many positions are used without asking the device. Eager decoding attends
         # to that prefix only; `static=True` (compiled steps) attends to the `window` the host sets, masked.
