@@ -139,6 +139,9 @@ def test_compiled_step_gives_the_eager_codes(lm_checkpoints):
     short = PROMPT[-9:]
     assert torch.equal(eager.generate(short, **kw).columns, compiled.generate(short, **kw).columns)
     assert graphs["unique_graphs"] == before + 1
+    # streaming runs the same compiled step, guards checked every step
+    streamed = torch.cat(list(compiled.stream(short, chunk_frames=4, **kw)), 1)
+    assert streamed.shape[1] > 0 and torch.equal(streamed, eager.generate(short, **kw).codes)
     # a second shape (a batch of two) compiles a second variant; the steps after each run's first skip
     # the guards that do not tell the variants apart, and must still pick the right one
     batch = [PROMPT, PROMPT[-9:]]
