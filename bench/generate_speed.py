@@ -1,12 +1,14 @@
 """Decode speed: higgslab's Generator vs transformers' HiggsAudioV2 `generate`, same random weights, one run.
 
-    python bench/generate_speed.py [--configs overhead mid real] [--steps 8 40]
+    python bench/generate_speed.py [--configs overhead mid real] [--steps 8 40] [--compile [MODE]]
+    python bench/generate_speed.py --device cuda --configs overhead mid real --compile reduce-overhead
 
 Greedy, stream-eos rows of the audio head zeroed so that both run every step. The time per decode step
 is the difference between a long and a short run divided by the extra steps, so prefill and set-up
 cancel out. Prints ms/step for both and the ratio (transformers / higgslab: > 1 means higgslab is
 faster), for every config the effective GB/s of weights read per step, and the time of the step's matrix
-products alone (`weights_alone`: the floor for a bandwidth-bound step).
+products alone (`weights_alone`: the floor for a bandwidth-bound step). `--device cuda` (or npu) runs
+both on an accelerator; `--compile reduce-overhead` adds CUDA graphs to the compiled step.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 import torch
 
 from higgslab.config import HiggsConfig
+from higgslab.device import pick_device, synchronize
 from higgslab.generate.generator import Generator
 from higgslab.model.lm import HiggsAudioModel
 from higgslab.model.packing import pack_for_decode
@@ -35,8 +38,8 @@ PROMPT = torch.tensor(
 )
 
 
-def build(name: str):
-    """Our model with random weights, and transformers' model with the same values."""
+def build(name: str, device: torch.device | str = "cpu"):
+    """Our model with random weights, and transformers' model with the same values, on `device`."""
     from transformers import HiggsAudioV2ForConditionalGeneration
     from transformers.models.higgs_audio_v2.modeling_higgs_audio_v2 import HiggsAudioV2RotaryEmbedding
 
@@ -60,15 +63,18 @@ def build(name: str):
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(0.02).to(dtype))
         ours.audio_head.weight.view(8, 1026, -1)[:, 1025] = 0  # no stream-eos: every step runs
     ours.materialize_buffers()
-    # ours as the Generator runs it on the CPU; transformers gets every weight in nn.Linear's own layout:
-    # the same tensors where packing kept that layout (bf16), its own copies where it did not (float32)
-    pack_for_decode(ours)
+    device = torch.device(device)
+    ours = ours.to(device)
+    # ours as the Generator runs it (packed on the CPU); transformers gets every weight in nn.Linear's own
+    # layout: the same tensors where packing kept that layout, its own copies where it did not (float32)
+    if device.type == "cpu":
+        pack_for_decode(ours)
     shared = {
         from_canonical(k, "transformers"): v.detach().contiguous() for k, v in ours.state_dict().items()
     }
     theirs.load_state_dict(shared, strict=True, assign=True)
-    theirs.model.rotary_emb = HiggsAudioV2RotaryEmbedding(hf_config)  # float32 frequencies, on the CPU
-    theirs.model.embed_audio_tokens.audio_tokens_offsets = torch.arange(8) * 1026
+    theirs.model.rotary_emb = HiggsAudioV2RotaryEmbedding(hf_config).to(device)  # float32 frequencies
+    theirs.model.embed_audio_tokens.audio_tokens_offsets = torch.arange(8, device=device) * 1026
     return ours.eval(), theirs.eval()
 
 
@@ -104,46 +110,67 @@ def weight_bytes_per_step(model: HiggsAudioModel) -> int:
     return n * model.dtype.itemsize
 
 
-def weights_alone(model: HiggsAudioModel, repeats: int = 20) -> float:
-    """Seconds for the products of one decode step and nothing else: each packed layer's q/k/v, o, gate/up
-    and down matrices and the audio head, times one row. The floor a decode step cannot go under."""
+def decode_matrices(model: HiggsAudioModel) -> list[torch.Tensor]:
+    """The `[in, out]` matrices one decode step multiplies a row by: per layer q/k/v, o, gate/up and down
+    (fused where the layer is packed), then the audio head."""
     mats = []
     for layer in model.layers:
-        p = layer.packed
-        mats += [p.qkv, layer.self_attn.o_proj.weight.t(), p.gate_up, layer.audio_mlp.down_proj.weight.t()]
-    mats.append(model.audio_head.weight.t())
-    rows = [torch.randn(1, m.shape[0], dtype=m.dtype) for m in mats]
+        attn, mlp, packed = layer.self_attn, layer.audio_mlp, layer.packed
+        if packed is not None:
+            mats += [packed.qkv, attn.o_proj.weight.t(), packed.gate_up, mlp.down_proj.weight.t()]
+        else:
+            projections = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)
+            mats += [m.weight.t() for m in (*projections, mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
+    return mats + [model.audio_head.weight.t()]
+
+
+def weights_alone(model: HiggsAudioModel, repeats: int = 20) -> float:
+    """Seconds for the products of one decode step and nothing else (`decode_matrices` times one row):
+    the floor a decode step cannot go under."""
+    mats = decode_matrices(model)
+    rows = [torch.randn(1, m.shape[0], dtype=m.dtype, device=m.device) for m in mats]
     best = float("inf")
     for _ in range(repeats):
+        synchronize(model.device)
         t0 = time.perf_counter()
         for x, m in zip(rows, mats, strict=True):
             torch.mm(x, m)
+        synchronize(model.device)
         best = min(best, time.perf_counter() - t0)
     return best
 
 
-def measure(name: str, short: int, long: int, compile: bool) -> None:
+def measure(name: str, short: int, long: int, compile: bool | str, device: torch.device) -> None:
+    """Print ms/step of transformers and of higgslab (eager, and compiled with `compile` when set)."""
     *_, target, threads = CONFIGS[name]
     torch.set_num_threads(threads or DEFAULT_THREADS)
-    ours, theirs = build(name)
+    ours, theirs = build(name, device)
+    prompt = PROMPT[None].to(device)
+
+    def transformers_run(n: int):
+        out = theirs.generate(input_ids=prompt, max_new_tokens=n, do_sample=False)
+        synchronize(device)
+        return out
+
     eager = Generator(ours)
+    greedy = dict(temperature=0, ras_window=0)
     runs = {
-        "transformers": lambda n: theirs.generate(input_ids=PROMPT[None], max_new_tokens=n, do_sample=False)
+        "transformers": transformers_run,
+        "higgslab": lambda n: eager.generate(PROMPT, max_new_tokens=n, **greedy),
     }
-    runs["higgslab"] = lambda n: eager.generate(PROMPT, max_new_tokens=n, temperature=0, ras_window=0)
     if compile:
-        compiled = Generator(ours, compile=True)
-        runs["higgslab compiled"] = lambda n: compiled.generate(
-            PROMPT, max_new_tokens=n, temperature=0, ras_window=0
-        )
+        compiled = Generator(ours, compile=compile)
+        label = "higgslab compiled" if compile is True else f"higgslab {compile}"
+        runs[label] = lambda n: compiled.generate(PROMPT, max_new_tokens=n, **greedy)
     with torch.inference_mode():
-        reference = theirs.generate(input_ids=PROMPT[None], max_new_tokens=short + 9, do_sample=False)[0].T
-        same = torch.equal(eager.generate(PROMPT, max_new_tokens=short + 9, temperature=0).columns, reference)
+        reference = transformers_run(short + 9)[0].T.cpu()
+        same = torch.equal(eager.generate(PROMPT, max_new_tokens=short + 9, **greedy).columns, reference)
         times = per_step(runs, short, long)
     t_ref = times.pop("transformers")
     floor = weights_alone(ours)
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
     print(
-        f"{name:9s} transformers {t_ref * 1e3:8.2f} ms/step  ({torch.get_num_threads()} threads; "
+        f"{name:9s} transformers {t_ref * 1e3:8.2f} ms/step  ({where}; "
         f"same greedy codes as higgslab: {same}; the weights alone: {floor * 1e3:.2f} ms)"
     )
     for label, t in times.items():
@@ -151,7 +178,7 @@ def measure(name: str, short: int, long: int, compile: bool) -> None:
         gbs = weight_bytes_per_step(ours) / t / 1e9
         verdict = "meets" if ratio >= target else "MISSES"
         print(
-            f"{'':9s} {label:20s} {t * 1e3:8.2f} ms/step | ratio {ratio:5.2f}x (target >= {target}x: {verdict})"
+            f"{'':9s} {label:24s} {t * 1e3:8.2f} ms/step | ratio {ratio:5.2f}x (target >= {target}x: {verdict})"
             f" | {gbs:6.2f} GB/s of weights",
             flush=True,
         )
@@ -162,14 +189,21 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=["overhead", "mid"], choices=list(CONFIGS))
     p.add_argument("--steps", nargs=2, type=int, default=[8, 40], metavar=("SHORT", "LONG"))
     p.add_argument(
-        "--compile", action="store_true", help="also measure higgslab with the compiled decode step"
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="MODE",
+        help="also measure higgslab with the compiled decode step (MODE: a torch.compile mode)",
     )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, npu or auto (default: cpu)")
     args = p.parse_args()
-    print(f"torch {torch.__version__}")
+    device = pick_device(args.device)
+    print(f"torch {torch.__version__}, {device}")
     for name in args.configs:
         short, long = args.steps if name != "real" else (4, 12)
-        for compile in (False, True) if args.compile else (False,):
-            measure(name, short, long, compile)
+        for compile in (False, args.compile) if args.compile else (False,):
+            measure(name, short, long, compile, device)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_map
 
 from higgslab import delay
 from higgslab.device import peak_memory, reset_peak_memory, synchronize
@@ -428,7 +427,8 @@ class Generator:
             noise = sampling.exponential_noise(noise_shape, n_draws, self._rng, dev)
             column, history, state = step_fn(column, history, state, cache, noise)
             if graphs:  # a CUDA/NPU graph's outputs live in its own buffers, which its next replay overwrites
-                column, history, state = tree_map(torch.clone, (column, history, state))
+                column, state = column.clone(), delay.DelayState(*(x.clone() for x in state))
+                history = None if history is None else history.clone()
             if t == 1 and self.compile and not stream:
                 # the first compiled step has passed its guards; the others see the same objects with the same
                 # shapes (~0.25 ms a step on the CPU to re-check). Not when streaming: the caller runs between

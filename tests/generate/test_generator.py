@@ -160,6 +160,8 @@ def test_graph_mode_step_gives_the_eager_codes(gen):
     result = graphs.generate(PROMPT, **kw)
     assert result.stats.steps == 260
     assert torch.equal(gen.generate(PROMPT, **kw).columns, result.columns)
+    greedy = dict(max_new_tokens=20, temperature=0, ras_window=0)  # no RAS history to carry over
+    assert torch.equal(gen.generate(PROMPT, **greedy).columns, graphs.generate(PROMPT, **greedy).columns)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,15 @@
+"""The decode-speed bench runs end to end (its figures are checked in bench/RESULTS.md, not here)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_generate_speed_bench_runs_and_compares_codes():
+    cmd = [sys.executable, "bench/generate_speed.py", "--configs", "overhead", "--steps", "2", "4"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "same greedy codes as higgslab: True" in out.stdout
+    assert "higgslab" in out.stdout and "ratio" in out.stdout and "GB/s of weights" in out.stdout
