@@ -421,9 +421,10 @@ class Generator:
         t1 = time.perf_counter()
         steps = max_new_tokens
         for t in range(1, max_new_tokens):
-            span = min(-(-(T + t) // window) * window, length - 1)
-            if self.compile and (t == 1 or span != cache.span):
-                cache.attend_to(span)
+            if self.compile:
+                span = min(-(-(T + t) // window) * window, length - 1)
+                if t == 1 or span != cache.span:
+                    cache.attend_to(span)
             noise = sampling.exponential_noise(noise_shape, n_draws, self._rng, dev)
             column, history, state = step_fn(column, history, state, cache, noise)
             if graphs:  # a CUDA/NPU graph's outputs live in its own buffers, which its next replay overwrites
