@@ -20,6 +20,7 @@ import torch
 
 from higgslab.config import HiggsConfig
 from higgslab.device import pick_device, synchronize
+from higgslab.errors import cli_errors
 from higgslab.generate.generator import Generator
 from higgslab.model.lm import HiggsAudioModel
 from higgslab.model.packing import pack_for_decode
@@ -198,7 +199,8 @@ def main() -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, npu or auto (default: cpu)")
     args = p.parse_args()
-    device = pick_device(args.device)
+    with cli_errors():  # an unknown or absent device: one line, not a traceback
+        device = pick_device(args.device)
     print(f"torch {torch.__version__}, {device}")
     for name in args.configs:
         short, long = args.steps if name != "real" else (4, 12)

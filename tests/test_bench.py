@@ -13,3 +13,10 @@ def test_generate_speed_bench_runs_and_compares_codes():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "same greedy codes as higgslab: True" in out.stdout
     assert "higgslab" in out.stdout and "ratio" in out.stdout and "GB/s of weights" in out.stdout
+
+
+def test_generate_speed_bench_names_an_unknown_device_in_one_line():
+    cmd = [sys.executable, "bench/generate_speed.py", "--device", "tpu"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert "unknown device 'tpu'" in out.stderr
