@@ -2,8 +2,9 @@
 
 Every attention slot writes its keys/values at the same positions, set once per forward by the model
 (`begin`), so a layer that skips a step (fast-forward layers skip audio steps) cannot fall out of step,
-and a decode step has fixed shapes: a window of the cache is attended to, with not-yet-written or padded
-slots masked out. That is what makes a decode step capturable as a CUDA/NPU graph.
+and a decode step's shapes are fixed but for one: the length of the window of the cache it attends to
+(`attend_to`), with padded slots masked out. A window length that changes only in buckets is what makes a
+decode step capturable as a CUDA/NPU graph (one graph per bucket).
 """
 
 from __future__ import annotations
