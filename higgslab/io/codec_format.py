@@ -123,9 +123,10 @@ def fold_weight_norm(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, 
     return out
 
 
-def shape_of(tensors: dict[str, torch.Tensor], key: str, path: Path) -> tuple[int, ...]:
+def shape_of(tensors: dict[str, torch.Tensor], key: str, path: Path, rules: Rules = ()) -> tuple[int, ...]:
+    """The shape of `tensors[key]`; a missing one is reported by its on-disk name (`rules` map ours to it)."""
     if key not in tensors:
-        raise HiggsLabError(f"{path}: missing tensor '{key}'")
+        raise HiggsLabError(f"{path}: missing tensor '{to_disk(key, rules)}'")
     return tuple(tensors[key].shape)
 
 
@@ -170,15 +171,17 @@ def n_quantizers(ours: dict[str, torch.Tensor], path: Path) -> int:
     return max(levels) + 1
 
 
-def config_from(raw: dict, fmt: str, ours: dict[str, torch.Tensor], disk: dict, path: Path) -> CodecConfig:
-    """CodecConfig from config.json plus the tensors' shapes."""
+def config_from(
+    raw: dict, fmt: str, ours: dict[str, torch.Tensor], disk: dict, path: Path, rules: Rules
+) -> CodecConfig:
+    """CodecConfig from config.json plus the tensors' shapes (`ours`: our names, `disk`: the file's)."""
     q = n_quantizers(ours, path)
-    codebook = shape_of(ours, "quantizer.layers.0.codebook", path)
+    codebook = shape_of(ours, "quantizer.layers.0.codebook", path, rules)
     common = dict(
-        encoder_width=shape_of(ours, "acoustic_encoder.conv1.weight", path)[0],
-        latent_dim=shape_of(ours, "acoustic_encoder.conv2.weight", path)[0],
-        decoder_width=shape_of(ours, "acoustic_decoder.conv1.weight", path)[0],
-        rvq_dim=shape_of(ours, "fc_prior.weight", path)[0],
+        encoder_width=shape_of(ours, "acoustic_encoder.conv1.weight", path, rules)[0],
+        latent_dim=shape_of(ours, "acoustic_encoder.conv2.weight", path, rules)[0],
+        decoder_width=shape_of(ours, "acoustic_decoder.conv1.weight", path, rules)[0],
+        rvq_dim=shape_of(ours, "fc_prior.weight", path, rules)[0],
         n_q=q,
         bins=codebook[0],
         codebook_dim=codebook[1],
@@ -242,7 +245,7 @@ def read_codec(directory: str | Path) -> tuple[CodecConfig, dict[str, torch.Tens
     ratios = raw.get("ratios") or (raw.get("acoustic_model_config") or {}).get("downsampling_ratios") or ()
     rules = key_rules(fmt, len(ratios))
     ours = {to_ours(k, rules): v for k, v in disk.items() if not UNUSED.match(k)}
-    return config_from(raw, fmt, ours, disk, weights), ours, fmt, weights
+    return config_from(raw, fmt, ours, disk, weights, rules), ours, fmt, weights
 
 
 def check_state_dict(model: HiggsAudioCodec, tensors: dict[str, torch.Tensor], weights: Path, fmt: str):

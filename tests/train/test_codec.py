@@ -10,7 +10,7 @@ TINY = dict(encoder_width=2, latent_dim=16, decoder_width=32, codebook_dim=4, bi
 
 
 def test_training_codes_equal_the_stock_encode():
-    """Semantic branch off by zero fc_prior columns: the inference path (with its random HuBERT) agrees."""
+    """The training forward's quantisation loop picks the codes the stock inference path (`AudioTokenizer`) does."""
     trainer = CodecTrainer(mini_codec(0, **TINY))
     wav = torch.randn(2, 1, 960 * 6) * 0.1
     trainer.init_codebooks(wav, torch.Generator().manual_seed(0))
