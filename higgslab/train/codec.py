@@ -45,7 +45,8 @@ def mini_codec(
     input_gain: float = 10.0,
 ) -> HiggsAudioCodec:
     """A fresh codec with the real frame geometry (24 kHz, hop 960, 25 frames/s), narrow widths and no
-    semantic branch; `fc_prior` maps the acoustic latent to the `rvq_dim`-wide RVQ input.
+    semantic branch; `fc_prior` maps the acoustic latent to the `rvq_dim`-wide RVQ input (96: the shipped
+    mini's, trained when 32 of its columns read a zeroed-out HuBERT branch).
 
     `input_gain` scales the encoder's first convolution at init. Speech at ~0.1 RMS leaves the Snake
     activations (α = 1) almost linear, and a linear encoder with strides averages the waveform away: the
