@@ -85,7 +85,7 @@ class CodecConfig:
         """Frames encoded from `samples` samples: the semantic branch's count (HuBERT's convolutions over the
         16 kHz audio padded by half a HuBERT hop per side, every `semantic_stride`-th frame kept). The
         original code lets that branch decide the count; a codec without one follows the same rule."""
-        n = math.ceil(samples * self.semantic_sample_rate / self.sample_rate) + self.semantic_hop // 2 * 2
+        n = math.ceil(samples * self.semantic_sample_rate / self.sample_rate) + 2 * (self.semantic_hop // 2)
         for kernel, stride in zip(HUBERT_KERNELS, HUBERT_STRIDES, strict=True):
             n = (n - kernel) // stride + 1
         return -(-n // self.semantic_stride)
