@@ -44,7 +44,8 @@ def build(name: str, device: torch.device | str = "cpu"):
     from transformers import HiggsAudioV2ForConditionalGeneration
     from transformers.models.higgs_audio_v2.modeling_higgs_audio_v2 import HiggsAudioV2RotaryEmbedding
 
-    from higgslab.io.checkpoints import from_canonical
+    from higgslab.io.keys import to_disk
+    from higgslab.io.lm_format import KEY_RULES
     from higgslab.tiny.model import REAL_ROPE, tiny_hf_config
 
     hidden, layers, heads, kv, inter, dtype, _, _ = CONFIGS[name]
@@ -71,7 +72,7 @@ def build(name: str, device: torch.device | str = "cpu"):
     if device.type == "cpu":
         pack_for_decode(ours)
     shared = {
-        from_canonical(k, "transformers"): v.detach().contiguous() for k, v in ours.state_dict().items()
+        to_disk(k, KEY_RULES["transformers"]): v.detach().contiguous() for k, v in ours.state_dict().items()
     }
     theirs.load_state_dict(shared, strict=True, assign=True)
     theirs.model.rotary_emb = HiggsAudioV2RotaryEmbedding(hf_config).to(device)  # float32 frequencies

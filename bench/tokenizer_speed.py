@@ -20,7 +20,9 @@ import types
 import numpy as np
 import torch
 
-from higgslab.tokenizer.checkpoint import original_module_names, to_disk, training_only_tensors
+from higgslab.io.codec_format import key_rules, transformers_config_json
+from higgslab.io.keys import to_disk
+from higgslab.tiny.tokenizer import training_only_tensors
 from higgslab.tokenizer.model import CodecConfig, HiggsAudioCodec
 from higgslab.tokenizer.resample import resample
 
@@ -45,8 +47,6 @@ def transformers_class():
 
 def build_both(seed: int = 0):
     """(our codec, transformers' model) with identical random real-size weights."""
-    from higgslab.tokenizer.checkpoint import transformers_config_json
-
     torch.manual_seed(seed)
     ours = HiggsAudioCodec(CodecConfig())
     with torch.no_grad():
@@ -55,8 +55,8 @@ def build_both(seed: int = 0):
     cls = transformers_class()
     config = cls.config_class.from_dict(transformers_config_json(ours.cfg))
     theirs = cls(config).eval()
-    names = original_module_names(len(ours.cfg.ratios))
-    state = {to_disk(k, "transformers", names): v for k, v in ours.state_dict().items()}
+    rules = key_rules("transformers", len(ours.cfg.ratios))
+    state = {to_disk(k, rules): v for k, v in ours.state_dict().items()}
     missing, unexpected = theirs.load_state_dict(state, strict=False)
     unused = ("decoder_semantic.", "fc1.")  # training-only; k-means buffers below
     leftover = [

@@ -18,18 +18,18 @@ __version__ = "0.1.0"
 _LAZY = {
     "HiggsConfig": "higgslab.config",
     "HiggsAudioModel": "higgslab.model.lm",
-    "load_model": "higgslab.io.checkpoints",
+    "load_model": "higgslab.io.load",
     "AudioTokenizer": "higgslab.tokenizer.codec",
-    "load_tokenizer": "higgslab.tokenizer.codec",
+    "load_tokenizer": "higgslab.io.load",
     "Generator": "higgslab.generate.generator",
 }
 
 if TYPE_CHECKING:
     from higgslab.config import HiggsConfig
     from higgslab.generate.generator import Generator
-    from higgslab.io.checkpoints import load_model
+    from higgslab.io.load import load_model, load_tokenizer
     from higgslab.model.lm import HiggsAudioModel
-    from higgslab.tokenizer.codec import AudioTokenizer, load_tokenizer
+    from higgslab.tokenizer.codec import AudioTokenizer
 
 
 def __getattr__(name: str) -> Any:

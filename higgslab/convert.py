@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from higgslab.errors import cli_errors
-from higgslab.io.convert import convert
+from higgslab.io.lm_format import convert
 
 
 def main(argv: list[str] | None = None) -> None:

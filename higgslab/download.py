@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from higgslab.errors import cli_errors
-from higgslab.io.download import REPOS, download
+from higgslab.io.hub import REPOS, download
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,11 +1,11 @@
 """Which model to use when none is configured: the embedded default.
 
 Order: the paths the user gave; else the shipped mini model (`higgslab/assets/mini/`, trained on
-synthetic speech by `higgslab.train`); else tiny random checkpoints written once into
-`~/.cache/higgslab/tiny-random/`, which exercise the whole real loading and generation path offline but
-speak noise. `HIGGSLAB_EMBEDDED=tiny` picks the tiny random ones even where the mini is shipped (tests
-of the plumbing want weights that never emit an end of stream). The returned label says which one is in
-use, so every CLI and notebook can print it.
+synthetic speech by `higgslab.train`). `HIGGSLAB_EMBEDDED=tiny` picks tiny random checkpoints instead
+(test fixtures from `higgslab.tiny`, written once into `~/.cache/higgslab/tiny-random/`), which exercise
+the whole real loading and generation path offline but speak noise: tests of the plumbing want weights
+that never emit an end of stream. The returned label says which one is in use, so every CLI and notebook
+can print it.
 """
 
 from __future__ import annotations
@@ -49,11 +49,16 @@ def resolve_paths(model_path: str | None, tokenizer_path: str | None) -> tuple[P
     choice = os.environ.get("HIGGSLAB_EMBEDDED", "mini")
     if choice not in ("mini", "tiny"):
         raise HiggsLabError(f"HIGGSLAB_EMBEDDED={choice!r}: expected 'mini' or 'tiny'")
-    if choice == "mini" and (ASSETS / "model" / "config.json").is_file():
-        return (
-            ASSETS / "model",
-            ASSETS / "tokenizer",
-            "embedded higgslab-mini (trained on espeak-ng speech; its sentence is recognisable about 1 time in 2)",
+    if choice == "tiny":
+        model, tokenizer = tiny_random_paths()
+        return model, tokenizer, "embedded tiny RANDOM weights (no checkpoint configured: the audio is noise)"
+    if not (ASSETS / "model" / "config.json").is_file():
+        raise HiggsLabError(
+            f"{ASSETS}: the shipped higgslab-mini is missing (reinstall higgslab, give model_path=..., "
+            "or set HIGGSLAB_EMBEDDED=tiny for random weights)"
         )
-    model, tokenizer = tiny_random_paths()
-    return model, tokenizer, "embedded tiny RANDOM weights (no checkpoint configured: the audio is noise)"
+    return (
+        ASSETS / "model",
+        ASSETS / "tokenizer",
+        "embedded higgslab-mini (trained on espeak-ng speech; its sentence is recognisable about 1 time in 2)",
+    )

@@ -84,7 +84,7 @@ class Generator:
         from transformers import AutoTokenizer
 
         from higgslab.device import default_dtype, pick_device
-        from higgslab.io.checkpoints import load_model
+        from higgslab.io.load import load_model
 
         dev = pick_device(device)
         model = load_model(model_path, device=dev, dtype=default_dtype(dev))
@@ -97,7 +97,7 @@ class Generator:
             ) from None
         audio_tok = None
         if tokenizer_path is not None:
-            from higgslab.tokenizer.codec import load_tokenizer
+            from higgslab.io.load import load_tokenizer
 
             audio_tok = load_tokenizer(tokenizer_path, device=dev)
         generation = Path(model_path) / "generation_config.json"

@@ -15,7 +15,7 @@ of them (`param.data = view`): the same `Parameter` objects with the same values
 optimiser state, and no second copy in memory. Only the fused decode path (`DualFFNLayer.decode_audio`)
 reads the fused matrices; everything else keeps using the modules, now over the new layout.
 `Generator` packs on the CPU before every run, and casting or moving the model drops the packing.
-The packed weights are views, not contiguous tensors: `higgslab.io.convert.write_checkpoint` copes, but
+The packed weights are views, not contiguous tensors: `higgslab.io.lm_format.write_checkpoint` copes, but
 code that insists on contiguous tensors (safetensors' `save_file`) wants `unpack(model)` first.
 """
 

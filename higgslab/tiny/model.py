@@ -62,7 +62,8 @@ def write_tiny_model(
     directory: str | Path, fmt: str = "original", seed: int = 0, text_head: bool = True, **sizes
 ):
     """Write a tiny random checkpoint in `fmt` ('original' or 'transformers'); returns the directory."""
-    from higgslab.io.convert import write_checkpoint
+    from higgslab.io.keys import to_ours
+    from higgslab.io.lm_format import KEY_RULES, write_checkpoint
 
     directory = Path(directory)
     model = tiny_hf_model(seed=seed, text_head=text_head, **sizes)
@@ -70,8 +71,6 @@ def write_tiny_model(
         model.save_pretrained(directory)
         return directory
     config = HiggsConfig.from_dict(json.loads(model.config.to_json_string()))
-    from higgslab.io.checkpoints import to_canonical
-
-    tensors = {to_canonical(k, "transformers"): v for k, v in model.state_dict().items()}
+    tensors = {to_ours(k, KEY_RULES["transformers"]): v for k, v in model.state_dict().items()}
     write_checkpoint(directory, config, tensors, fmt="original")
     return directory

@@ -46,9 +46,36 @@ def tiny_codec(seed: int = 0, **overrides) -> HiggsAudioCodec:
     return model.eval()
 
 
+def training_only_tensors(cfg: CodecConfig, fmt: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random stand-ins, under their on-disk names in `fmt`, for the tensors a real checkpoint carries but
+    inference ignores (semantic decoder, fc_post1), so a tiny checkpoint has the real key set (transformers'
+    tokenizer class loads it strictly)."""
+    from higgslab.io.codec_format import key_rules
+    from higgslab.io.keys import to_disk
+
+    d, fused = cfg.semantic_dim, cfg.latent_dim + cfg.semantic_dim
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.02
+
+    out = {"decoder_semantic.conv1.weight": rand(d, d, 3), "decoder_semantic.conv2.weight": rand(d, d, 3)}
+    for i in range(len(cfg.semantic_strides)):
+        block = f"decoder_semantic.conv_blocks.{i}"
+        out[f"{block}.conv.weight"], out[f"{block}.conv.bias"] = rand(d, d, 3), rand(d)
+        for j in range(len(cfg.semantic_dilations)):
+            out[f"{block}.res_units.{j}.conv1.weight"] = rand(d, d, cfg.semantic_unit_kernel)
+            out[f"{block}.res_units.{j}.conv2.weight"] = rand(d, d, 1)
+    out["fc_post1.weight"], out["fc_post1.bias"] = rand(d, fused), rand(d)
+    rules = key_rules(fmt, len(cfg.ratios))
+    return {to_disk(k, rules): v for k, v in out.items()}
+
+
 def write_tiny_tokenizer(directory: str | Path, fmt: str = "original", seed: int = 0) -> Path:
     """Write a tiny random tokenizer to `directory` as config.json + model.pth ('original', weight-normalised DAC
-    convs) or config.json + model.safetensors ('transformers'). Returns the directory."""
-    from higgslab.tokenizer.checkpoint import save_codec
+    convs) or config.json + model.safetensors ('transformers'), with random training-only tensors beside the
+    ones inference uses, as a real checkpoint has them. Returns the directory."""
+    from higgslab.io.codec_format import write_codec
 
-    return save_codec(tiny_codec(seed), directory, fmt, seed=seed)
+    codec = tiny_codec(seed)
+    extra = training_only_tensors(codec.cfg, fmt, torch.Generator().manual_seed(seed))
+    return write_codec(codec, directory, fmt, extra)

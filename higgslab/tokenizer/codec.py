@@ -137,11 +137,3 @@ class AudioTokenizer:
         from higgslab.tokenizer.streaming import StreamingDecoder
 
         return StreamingDecoder(self, k=k, **kwargs)
-
-
-def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> AudioTokenizer:
-    """Load a tokenizer directory in the original (`model.pth`) or transformers (`model.safetensors`) layout."""
-    from higgslab.tokenizer.checkpoint import load_codec
-
-    model, fmt = load_codec(path, device)
-    return AudioTokenizer(model, fmt, path)

@@ -7,9 +7,11 @@
         concat → fc_prior (1024→1024) → ResidualVectorQuantizer ─────────► codes [B, n_q, T]
     decode: codes → sum of the first k levels → fc_post2 (1024→256) → acoustic_decoder (DAC) → [B, 1, T·960]
 
-The DAC encoder/decoder and HuBERT are transformers' own modules (weight norm folded into plain weights);
-the small pieces specific to this codec live here. Parameter names are this module's; `checkpoint.py`
-maps both on-disk layouts onto them.
+A codec may have no semantic branch (`CodecConfig.hubert = None`, e.g. the shipped mini, trained without a
+teacher): fc_prior then reads the acoustic latent alone, and the frame count follows the same rule as
+with the branch (`CodecConfig.frames`). The DAC encoder/decoder and HuBERT are transformers' own modules
+(weight norm folded into plain weights); the small pieces specific to this codec live here. Parameter
+names are this module's; `higgslab.io.codec_format` maps both on-disk layouts onto them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from torch import nn
 
 from higgslab.tokenizer.quantizer import ResidualVectorQuantizer
 from higgslab.tokenizer.resample import resample
+
+# HuBERT's feature-extractor convolutions (base and large): they set the codec's frame count
+HUBERT_KERNELS = (10, 3, 3, 3, 3, 2, 2)
+HUBERT_STRIDES = (5, 2, 2, 2, 2, 2, 2)
 
 
 @dataclass
@@ -39,13 +45,23 @@ class CodecConfig:
     codebook_dim: int = 64
     semantic_sample_rate: int = 16000
     semantic_hop: int = 320  # HuBERT's feature-extractor stride at 16 kHz
-    hubert: dict = field(default_factory=dict)  # transformers HubertConfig kwargs ({} = hubert-base)
+    # transformers HubertConfig kwargs ({} = hubert-base); None: no semantic branch at all
+    hubert: dict | None = field(default_factory=dict)
+    rvq_dim: int | None = None  # fc_prior's output = the RVQ's input; None: its input width (square, as real)
     # semantic conv encoder (xcodec defaults)
     semantic_kernel: int = 3
     semantic_strides: tuple[int, ...] = (1, 1)
     semantic_channel_ratios: tuple[float, ...] = (1, 1)
     semantic_dilations: tuple[int, ...] = (1, 1)
     semantic_unit_kernel: int = 3
+
+    def __post_init__(self):
+        if self.rvq_dim is None:
+            self.rvq_dim = self.latent_dim + self.semantic_dim
+
+    @property
+    def semantic(self) -> bool:
+        return self.hubert is not None
 
     @property
     def hop_length(self) -> int:
@@ -57,12 +73,22 @@ class CodecConfig:
 
     @property
     def semantic_dim(self) -> int:
-        return self.hubert_config().hidden_size
+        """Width of the semantic latent fc_prior reads beside the acoustic one (0 without the branch)."""
+        return self.hubert_config().hidden_size if self.semantic else 0
 
     @property
     def semantic_stride(self) -> int:
         """Keep every n-th HuBERT frame: 960 samples at 24k = 640 at 16k = 2 HuBERT frames."""
         return int(self.hop_length / (self.sample_rate / self.semantic_sample_rate) / self.semantic_hop)
+
+    def frames(self, samples: int) -> int:
+        """Frames encoded from `samples` samples: the semantic branch's count (HuBERT's convolutions over the
+        16 kHz audio padded by half a HuBERT hop per side, every `semantic_stride`-th frame kept). The
+        original code lets that branch decide the count; a codec without one follows the same rule."""
+        n = math.ceil(samples * self.semantic_sample_rate / self.sample_rate) + 2 * (self.semantic_hop // 2)
+        for kernel, stride in zip(HUBERT_KERNELS, HUBERT_STRIDES, strict=True):
+            n = (n - kernel) // stride + 1
+        return -(-n // self.semantic_stride)
 
     def hubert_config(self):
         from transformers import HubertConfig
@@ -180,16 +206,16 @@ class HiggsAudioCodec(nn.Module):
 
     def __init__(self, cfg: CodecConfig):
         super().__init__()
-        from transformers import HubertModel
-
         self.cfg = cfg
         self.acoustic_encoder, self.acoustic_decoder = build_acoustic(cfg)
-        self.semantic_model = HubertModel(cfg.hubert_config())
-        self.encoder_semantic = SemanticEncoder(cfg)
-        fused = cfg.latent_dim + cfg.semantic_dim
-        self.fc_prior = nn.Linear(fused, fused)
-        self.quantizer = ResidualVectorQuantizer(fused, cfg.codebook_dim, cfg.bins, cfg.n_q)
-        self.fc_post2 = nn.Linear(fused, cfg.latent_dim)
+        if cfg.semantic:
+            from transformers import HubertModel
+
+            self.semantic_model = HubertModel(cfg.hubert_config())
+            self.encoder_semantic = SemanticEncoder(cfg)
+        self.fc_prior = nn.Linear(cfg.latent_dim + cfg.semantic_dim, cfg.rvq_dim)
+        self.quantizer = ResidualVectorQuantizer(cfg.rvq_dim, cfg.codebook_dim, cfg.bins, cfg.n_q)
+        self.fc_post2 = nn.Linear(cfg.rvq_dim, cfg.latent_dim)
         self.eval()
 
     def semantic_features(self, wav: torch.Tensor) -> torch.Tensor:
@@ -215,11 +241,13 @@ class HiggsAudioCodec(nn.Module):
         return self.acoustic_encoder(wav)
 
     def latent(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav `[B, 1, L]` -> fused latent `[B, 1024, T]` (the RVQ input)."""
-        semantic = self.semantic_features(wav)
-        acoustic = self.acoustic_features(wav, semantic.shape[-1])
-        frames = min(semantic.shape[-1], acoustic.shape[-1])
-        fused = torch.cat([acoustic[..., :frames], semantic[..., :frames]], dim=1)
+        """wav `[B, 1, L]` -> fused latent `[B, rvq_dim, T]` (the RVQ input; 1024 wide for real)."""
+        semantic = self.semantic_features(wav) if self.cfg.semantic else None
+        frames = self.cfg.frames(wav.shape[-1]) if semantic is None else semantic.shape[-1]
+        acoustic = self.acoustic_features(wav, frames)
+        frames = min(frames, acoustic.shape[-1])
+        parts = [acoustic] if semantic is None else [acoustic, semantic]
+        fused = torch.cat([x[..., :frames] for x in parts], dim=1)
         return self.fc_prior(fused.transpose(1, 2)).transpose(1, 2)
 
     def encode(self, wav: torch.Tensor) -> torch.Tensor:

@@ -4,10 +4,9 @@
     out = trainer(wav [B, 1, L], n_active=k)        # reconstruction from the first k codebooks + commitment
     trainer.update_codebooks(out, generator)        # EMA codebook update + dead-code restarts (no grad)
 
-Semantic branch off: there are no HuBERT weights here, so the codec keeps a tiny random HuBERT (the on-disk
-layout needs one) and the columns of `fc_prior` that read the semantic features are held at zero. The fused
-latent then depends on the acoustic encoder alone, and the stock inference path (`load_tokenizer` → encode)
-computes exactly the codes that training saw, whatever the random HuBERT outputs.
+No semantic branch: there are no HuBERT weights here, so the codec has none (`CodecConfig.hubert = None`):
+`fc_prior` reads the acoustic latent alone, and the stock inference path (`load_tokenizer` → encode)
+computes exactly the codes that training saw.
 
 RVQ training as in EnCodec/xcodec: nearest codeword chosen exactly as at inference (`VQLevel.nearest`),
 straight-through gradient to the encoder, commitment loss pulling `project_in(residual)` to its codeword,
@@ -31,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from higgslab.tiny.tokenizer import TINY_HUBERT
 from higgslab.tokenizer.model import CodecConfig, HiggsAudioCodec
 
 
@@ -43,10 +41,12 @@ def mini_codec(
     codebook_dim: int = 8,
     n_q: int = 8,
     bins: int = 1024,
+    rvq_dim: int = 96,
     input_gain: float = 10.0,
 ) -> HiggsAudioCodec:
-    """A fresh codec with the real frame geometry (24 kHz, hop 960, 25 frames/s) and narrow widths; the
-    semantic columns of `fc_prior` are zero (semantic branch off).
+    """A fresh codec with the real frame geometry (24 kHz, hop 960, 25 frames/s), narrow widths and no
+    semantic branch; `fc_prior` maps the acoustic latent to the `rvq_dim`-wide RVQ input (96: the shipped
+    mini's, trained when 32 of its columns read a zeroed-out HuBERT branch).
 
     `input_gain` scales the encoder's first convolution at init. Speech at ~0.1 RMS leaves the Snake
     activations (α = 1) almost linear, and a linear encoder with strides averages the waveform away: the
@@ -60,18 +60,14 @@ def mini_codec(
         codebook_dim=codebook_dim,
         n_q=n_q,
         bins=bins,
-        hubert=dict(TINY_HUBERT),
+        hubert=None,
+        rvq_dim=rvq_dim,
     )
     with torch.random.fork_rng(devices=[], device_type="cpu"):
         torch.manual_seed(seed)
         codec = HiggsAudioCodec(cfg)
     with torch.no_grad():
-        codec.fc_prior.weight[:, cfg.latent_dim :] = 0
         codec.acoustic_encoder.conv1.weight.mul_(input_gain)
-    for p in codec.semantic_model.parameters():
-        p.requires_grad_(False)
-    for p in codec.encoder_semantic.parameters():
-        p.requires_grad_(False)
     return codec.train()
 
 
@@ -97,14 +93,6 @@ class CodecTrainer(nn.Module):
         self.register_buffer("embed_sum", torch.zeros(cfg.n_q, cfg.bins, cfg.codebook_dim))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
-    def latent(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav `[B, 1, L]` (L a multiple of the hop) -> fused latent `[B, fused, L / hop]`, semantic part zero."""
-        cfg = self.codec.cfg
-        acoustic = self.codec.acoustic_features(wav, wav.shape[-1] // cfg.hop_length)
-        silent = acoustic.new_zeros(acoustic.shape[0], cfg.semantic_dim, acoustic.shape[-1])
-        fused = torch.cat([acoustic, silent], dim=1)
-        return self.codec.fc_prior(fused.transpose(1, 2)).transpose(1, 2)
-
     def forward(
         self, wav: torch.Tensor, n_active: int | None = None, quantize: bool = True, codes_fixed: bool = False
     ) -> CodecOutput:
@@ -118,7 +106,7 @@ class CodecTrainer(nn.Module):
     def _quantize(self, wav, n_active, quantize):
         """(sum of the first n_active levels' outputs `[B, T, D]`, codes `[B, n_q, T]`, commitment, projected)"""
         B = wav.shape[0]
-        latent = self.latent(wav)
+        latent = self.codec.latent(wav)
         T = latent.shape[-1]
         residual = latent.transpose(1, 2).reshape(B * T, -1)
         levels = self.codec.quantizer.layers
@@ -147,7 +135,7 @@ class CodecTrainer(nn.Module):
         """Seed every codebook with projected residuals of a batch (level by level, as RVQ sees them), each
         code counted as used an average amount."""
         levels = self.codec.quantizer.layers
-        latent = self.latent(wav)
+        latent = self.codec.latent(wav)
         residual = latent.transpose(1, 2).reshape(-1, latent.shape[1])
         average = residual.shape[0] / levels[0].codebook.shape[0]
         for q, level in enumerate(levels):

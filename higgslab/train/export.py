@@ -38,8 +38,7 @@ def export_mini(
 ) -> Path:
     """Copy `<run_dir>/<lm>/model` and `<run_dir>/tokenizer/tokenizer` into `dest/{model,tokenizer}`; the
     new directory replaces the old one whole. Returns `dest`."""
-    from higgslab.io.checkpoints import load_model
-    from higgslab.tokenizer.codec import load_tokenizer
+    from higgslab.io.load import load_model, load_tokenizer
     from higgslab.train.lm import export_model
 
     run_dir, dest = Path(run_dir), Path(dest)

@@ -42,7 +42,7 @@ def encode_corpus(tokenizer_dir: str | Path, clips: list[Clip], cache: Path) -> 
     from tqdm import tqdm
 
     from higgslab.io.atomic import atomic_write
-    from higgslab.tokenizer.codec import load_tokenizer
+    from higgslab.io.load import load_tokenizer
 
     codes = torch.load(cache, weights_only=True) if cache.is_file() else {}
     missing = [c for c in clips if c.id not in codes]
@@ -167,7 +167,7 @@ def export_model(
     import json
     import shutil
 
-    from higgslab.io.convert import write_checkpoint
+    from higgslab.io.lm_format import write_checkpoint
     from higgslab.train.text import TEXT_FILES
 
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}

@@ -14,7 +14,12 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from higgslab.generate.prompt import SYSTEM_MESSAGE
-from higgslab.tiny.text import FIRST_SPECIAL_ID, save_llama3_style, special_tokens, train_byte_level_bpe
+from higgslab.io.text_tokenizer import (
+    FIRST_SPECIAL_ID,
+    save_llama3_style,
+    special_tokens,
+    train_byte_level_bpe,
+)
 
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

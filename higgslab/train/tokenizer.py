@@ -51,7 +51,7 @@ def evaluate(trainer: CodecTrainer, clips: list[Clip]) -> list[dict]:
 
 def train_tokenizer(cfg: DictConfig) -> Path:
     """Run stage 1 as configured (see conf/experiment/mini.yaml); returns the exported tokenizer directory."""
-    from higgslab.tokenizer.checkpoint import save_codec
+    from higgslab.io.codec_format import write_codec
     from higgslab.train.loop import run_training
 
     torch.set_num_threads(cfg.threads)
@@ -107,7 +107,7 @@ def train_tokenizer(cfg: DictConfig) -> Path:
     params = list(trainer.parameters())
     run_training(trainer, params, step, run_dir, t.steps, t.lr, t.warmup, cfg.seed, t.grad_clip,
                  t.checkpoint_every, eval_fn, t.eval_every, after_step, title="mini tokenizer")  # fmt: skip
-    exported = save_codec(trainer.codec, run_dir / "tokenizer", "original", seed=cfg.seed)
+    exported = write_codec(trainer.codec, run_dir / "tokenizer", "original")
     report = {"quality": evaluate(trainer, valid), "codebook_usage": usage_summary(trainer, valid)}
     (run_dir / "quality.json").write_text(json.dumps(report, indent=2))
     return exported

@@ -9,8 +9,7 @@ from safetensors.torch import load_file, save_file
 
 import higgslab
 from higgslab.config import HiggsConfig
-from higgslab.io.checkpoints import read_checkpoint
-from higgslab.io.convert import write_checkpoint
+from higgslab.io.lm_format import read_checkpoint, write_checkpoint
 from tests.conftest import REAL_CONFIG
 
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import higgslab
 from higgslab.convert import main
-from higgslab.io.checkpoints import read_tensors
+from higgslab.io.lm_format import read_weights
 
 
 def test_round_trip_original_transformers_original_is_bit_exact(lm_checkpoints, tmp_path):
@@ -19,8 +19,8 @@ def test_round_trip_original_transformers_original_is_bit_exact(lm_checkpoints, 
     main([str(tmp_path / "hf"), str(tmp_path / "back"), "--to", "original"])
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     assert (tmp_path / "back" / "tokenizer.json").is_file()
-    before, _ = read_tensors(src)
-    after, _ = read_tensors(tmp_path / "back")
+    before, _ = read_weights(src)
+    after, _ = read_weights(tmp_path / "back")
     assert before.keys() == after.keys()
     for k in before:
         assert before[k].dtype == after[k].dtype and torch.equal(
@@ -28,7 +28,7 @@ def test_round_trip_original_transformers_original_is_bit_exact(lm_checkpoints, 
         )
     # and the transformers copy is exactly what transformers itself saved
     ref = load_file(lm_checkpoints["transformers"] / "model.safetensors")
-    ours, _ = read_tensors(tmp_path / "hf")
+    ours, _ = read_weights(tmp_path / "hf")
     assert ref.keys() == ours.keys() and all(torch.equal(ref[k], ours[k]) for k in ref)
     assert higgslab.load_model(tmp_path / "hf").config == higgslab.load_model(src).config
 

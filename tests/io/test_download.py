@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from higgslab.errors import HiggsLabError
-from higgslab.io import download as dl
+from higgslab.io import hub
 
 
 def test_layout_with_a_stand_in_hub(monkeypatch, tmp_path):
@@ -28,11 +28,11 @@ def test_layout_with_a_stand_in_hub(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    out = dl.download(root=tmp_path)
+    out = hub.download(root=tmp_path)
     assert out == {"model": tmp_path / "model_cache", "tokenizer": tmp_path / "tokenizer_cache"}
     assert fetched == ["bosonai/higgs-audio-v2-generation-3B-base", "bosonai/higgs-audio-v2-tokenizer"]
     with pytest.raises(HiggsLabError, match="unknown download target 'vocoder'"):
-        dl.download(("vocoder",), root=tmp_path)
+        hub.download(("vocoder",), root=tmp_path)
 
 
 def test_unreachable_hub_fails_fast_with_one_line(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import higgslab
-from higgslab.io.convert import write_checkpoint
+from higgslab.io.lm_format import write_checkpoint
 from higgslab.model.packing import pack_for_decode, prefers_in_out, unpack
 
 AUDIO_OUT_BOS = 128013

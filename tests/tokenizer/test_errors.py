@@ -87,6 +87,10 @@ def edit_checkpoint(src, dst, edit):
             "'fc_post2.weight' has shape [3, 3], expected [16, 48]",
         ),
         (lambda w: w.pop("encoder.block.2.block.4.weight_v"), "encoder.block.2.block.4.weight_g"),
+        (  # a width-giving tensor, missing, is named as the file names it
+            lambda w: [w.pop(f"encoder.block.0.weight_{x}") for x in "gv"],
+            "missing tensor 'encoder.block.0.weight'",
+        ),
         (
             lambda w: w.pop("semantic_model.feature_projection.projection.weight"),
             "semantic_model.feature_projection",

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from higgslab import load_tokenizer
-from higgslab.tokenizer.checkpoint import read_tensors, save_codec
+from higgslab.io.codec_format import read_state_dict, write_codec
+from higgslab.tiny.tokenizer import training_only_tensors
 
 
 def hf_encode(model, wav: np.ndarray) -> torch.Tensor:
@@ -71,8 +72,9 @@ def test_length_rule_follows_original_not_transformers(hf_tokenizer, ours, speec
 
 def test_original_layout_gives_same_codes(hf_tokenizer, ours, speech_like, tmp_path):
     model, _ = hf_tokenizer
-    directory = save_codec(ours.model, tmp_path / "original", "original")
-    disk = read_tensors(directory / "model.pth")
+    extra = training_only_tensors(ours.model.cfg, "original", torch.Generator().manual_seed(0))
+    directory = write_codec(ours.model, tmp_path / "original", "original", extra)
+    disk = read_state_dict(directory / "model.pth")
     hf = model.state_dict()
 
     def folded(prefix: str) -> torch.Tensor:

@@ -10,7 +10,7 @@ TINY = dict(encoder_width=2, latent_dim=16, decoder_width=32, codebook_dim=4, bi
 
 
 def test_training_codes_equal_the_stock_encode():
-    """Semantic branch off by zero fc_prior columns: the inference path (with its random HuBERT) agrees."""
+    """The training forward's quantisation loop picks the codes the stock inference path (`AudioTokenizer`) does."""
     trainer = CodecTrainer(mini_codec(0, **TINY))
     wav = torch.randn(2, 1, 960 * 6) * 0.1
     trainer.init_codebooks(wav, torch.Generator().manual_seed(0))
@@ -64,7 +64,7 @@ def test_warm_up_passes_projections_not_codewords():
     codec = trainer.codec
     with torch.no_grad():
         out = trainer(wav, quantize=False)
-        residual = trainer.latent(wav)[0].T
+        residual = trainer.codec.latent(wav)[0].T
         total = torch.zeros_like(residual)
         for level in codec.quantizer.layers:
             step = level.project_out(level.project_in(residual))
@@ -82,7 +82,7 @@ def latent_on_off_gap(codec) -> float:
     on = ((torch.arange(24) // 3) % 2).bool()
     wav = 0.1 * torch.sign(torch.sin(2 * torch.pi * 150 * t)) * on.float().repeat_interleave(960)
     with torch.no_grad():
-        latent = CodecTrainer(codec).latent(wav[None, None])[0]
+        latent = codec.latent(wav[None, None])[0]
     return float((latent[:, on].mean(1) - latent[:, ~on].mean(1)).norm() / latent.mean(1).norm())
 
 

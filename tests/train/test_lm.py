@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoTokenizer
 
-from higgslab.io.checkpoints import load_model
+from higgslab.io.load import load_model
 from higgslab.model.lm import HiggsAudioModel
 from higgslab.train.align import GuidedAttention, diagonal_prior
 from higgslab.train.lm import IGNORE, codebook_losses, collate, export_model, lm_config, make_example

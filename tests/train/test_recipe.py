@@ -12,7 +12,7 @@ from .conftest import compose, tiny_overrides
 
 def test_recipe_end_to_end(corpus, tmp_path):
     from higgslab.generate.generator import Generator
-    from higgslab.tokenizer.codec import load_tokenizer
+    from higgslab.io.load import load_tokenizer
     from higgslab.train.export import export_mini
     from higgslab.train.lm import train_lm
     from higgslab.train.tokenizer import train_tokenizer

@@ -49,7 +49,7 @@ def test_the_embedded_default_is_the_shipped_mini_within_budget(monkeypatch, tmp
 
 
 def test_tokenizer_improves_with_codebooks_and_clears_its_thresholds(held_out):
-    from higgslab.tokenizer.codec import load_tokenizer
+    from higgslab.io.load import load_tokenizer
     from higgslab.tokenizer.stats import quality_vs_codebooks
 
     tok = load_tokenizer(ASSETS / "tokenizer")
@@ -86,8 +86,7 @@ def test_lm_reads_the_sentence_it_is_given(held_out):
     import torch
     from transformers import AutoTokenizer
 
-    from higgslab.io.checkpoints import load_model
-    from higgslab.tokenizer.codec import load_tokenizer
+    from higgslab.io.load import load_model, load_tokenizer
     from higgslab.train.lm import text_gain
 
     model = load_model(ASSETS / "model", dtype=torch.float32)
@@ -101,7 +100,7 @@ def test_lm_reads_the_sentence_it_is_given(held_out):
 def test_tokenizer_improves_with_every_codebook_on_100_clips():
     """Strictly monotone in k on 100 held-out sentences (measured 0.5389 … 0.5179; on 8 clips k = 4 → 5 is
     within 0.0001 either way)."""
-    from higgslab.tokenizer.codec import load_tokenizer
+    from higgslab.io.load import load_tokenizer
     from higgslab.tokenizer.stats import quality_vs_codebooks
     from higgslab.train.data import synthesize
 

@@ -1,14 +1,16 @@
-"""Tokenizer checkpoints in both on-disk layouts (FORMATS.md §3–4), read into and written from `HiggsAudioCodec`.
+"""Audio tokenizer checkpoints in both on-disk layouts (FORMATS.md §3–4), read for and written from `HiggsAudioCodec`.
 
-    original      config.json (n_filters, D, ratios, bins, n_q, codebook_dim, …) + model.pth
+    original      config.json (n_filters, D, ratios, bins, n_q, codebook_dim, semantic_techer, …) + model.pth
                   DAC convs weight-normalised (`.weight_g`/`.weight_v`), keys `encoder.block.N…`, `decoder_2.model.N…`,
                   `quantizer.vq.layers.q._codebook.embed`, `fc_prior`, `fc_post2`, semantic convs `….conv.conv.`
     transformers  config.json (model_type higgs_audio_v2_tokenizer) + model.safetensors, plain weights,
                   `acoustic_encoder`, `acoustic_decoder`, `quantizer.quantizers.q.codebook.embed`, `fc`, `fc2`
 
-Widths, the number of quantizers and (for the original layout, whose config names only "hubert_base_general")
-the HuBERT geometry are read from the tensors; every tensor is then checked against the model built from them,
-so a missing, extra or misshaped tensor is reported by its on-disk name.
+Names map through one rule table per layout (`key_rules`, both directions). Widths, the number of quantizers
+and (for the original layout, whose config names only "hubert_base_general") the HuBERT geometry are read
+from the tensors; `check_state_dict` then holds every tensor against the model built from them, so a missing,
+extra or misshaped tensor is reported by its on-disk name. An original-layout config with `"semantic_techer":
+null` describes a codec without a semantic branch (the shipped mini); the transformers layout has no such codec.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import torch
 
 from higgslab.errors import HiggsLabError
 from higgslab.io.atomic import atomic_write
-from higgslab.tokenizer.model import CodecConfig, HiggsAudioCodec
+from higgslab.io.keys import Rules, to_disk, to_ours
+from higgslab.tokenizer.model import HUBERT_KERNELS, HUBERT_STRIDES, CodecConfig, HiggsAudioCodec
+
+LAYOUTS = {"transformers": "model.safetensors", "original": "model.pth"}  # layout -> its weights file
 
 DAC_INNER = ("snake1", "conv1", "snake2", "conv2")  # a DAC residual unit's layers, in order
 # tensors that exist on disk but take no part in inference (training-only heads, k-means bookkeeping)
@@ -29,13 +34,19 @@ UNUSED = re.compile(
     r"^(decoder_semantic\.|fc_post1\.|fc1\.|semantic_model\.masked_spec_embed$"
     r"|quantizer\.(vq\.layers|quantizers)\.\d+\.(_codebook|codebook)\.(inited|cluster_size|embed_avg)$)"
 )
-HUBERT_KERNELS = [10, 3, 3, 3, 3, 2, 2]
-HUBERT_STRIDES = [5, 2, 2, 2, 2, 2, 2]
 
 
-def original_module_names(n_blocks: int) -> dict[str, str]:
-    """Original DAC module path -> ours, e.g. `encoder.block.1.block.0.block.1` -> `acoustic_encoder.block.0.res_unit1.conv1`."""
-    names = {
+def key_rules(fmt: str, n_blocks: int) -> Rules:
+    """The rule table of `fmt` for a DAC with `n_blocks` strided blocks: on-disk name <-> ours, both ways."""
+    if fmt == "transformers":  # DAC, HuBERT and semantic-encoder names are transformers' own here
+        return [
+            ("quantizer.quantizers.{q}.codebook.embed", "quantizer.layers.{q}.codebook"),
+            ("quantizer.quantizers.{rest*}", "quantizer.layers.{rest*}"),
+            ("fc.{leaf}", "fc_prior.{leaf}"),
+            ("fc2.{leaf}", "fc_post2.{leaf}"),
+            ("fc1.{leaf}", "fc_post1.{leaf}"),  # training-only
+        ]
+    dac = {
         "encoder.block.0": "acoustic_encoder.conv1",
         f"encoder.block.{n_blocks + 1}": "acoustic_encoder.snake1",
         f"encoder.block.{n_blocks + 2}": "acoustic_encoder.conv2",
@@ -46,71 +57,31 @@ def original_module_names(n_blocks: int) -> dict[str, str]:
     for b in range(n_blocks):
         enc, dec = f"encoder.block.{b + 1}.block", f"decoder_2.model.{b + 1}.block"
         # encoder block: 3 residual units, snake, strided conv; decoder block: snake, transposed conv, 3 units
-        names[f"{enc}.3"], names[f"{enc}.4"] = (
+        dac[f"{enc}.3"], dac[f"{enc}.4"] = (
             f"acoustic_encoder.block.{b}.snake1",
             f"acoustic_encoder.block.{b}.conv1",
         )
-        names[f"{dec}.0"], names[f"{dec}.1"] = (
+        dac[f"{dec}.0"], dac[f"{dec}.1"] = (
             f"acoustic_decoder.block.{b}.snake1",
             f"acoustic_decoder.block.{b}.conv_t1",
         )
         for r in range(3):
             for j, layer in enumerate(DAC_INNER):
-                names[f"{enc}.{r}.block.{j}"] = f"acoustic_encoder.block.{b}.res_unit{r + 1}.{layer}"
-                names[f"{dec}.{r + 2}.block.{j}"] = f"acoustic_decoder.block.{b}.res_unit{r + 1}.{layer}"
-    return names
-
-
-# (pattern on disk, replacement) applied in order after the DAC table; the reverse direction swaps them
-ORIGINAL_RULES = [
-    (r"^quantizer\.vq\.layers\.(\d+)\._codebook\.embed$", r"quantizer.layers.\1.codebook"),
-    (r"^quantizer\.vq\.layers\.", "quantizer.layers."),
-    (r"\.(conv|conv1|conv2)\.conv\.", r".\1."),  # xcodec wraps each semantic nn.Conv1d in a module
-]
-TRANSFORMERS_RULES = [
-    (r"^quantizer\.quantizers\.(\d+)\.codebook\.embed$", r"quantizer.layers.\1.codebook"),
-    (r"^quantizer\.quantizers\.", "quantizer.layers."),
-    (r"^fc\.", "fc_prior."),
-    (r"^fc2\.", "fc_post2."),
-]
-
-
-def to_ours(key: str, fmt: str, dac_names: dict[str, str]) -> str:
-    """On-disk tensor name -> our parameter name (weight norm already folded: `.weight_g` gone)."""
-    if fmt == "original":
-        module, _, leaf = key.rpartition(".")
-        if module in dac_names:
-            return f"{dac_names[module]}.{leaf}"
-        if key.startswith("encoder_semantic."):
-            return re.sub(ORIGINAL_RULES[2][0], ORIGINAL_RULES[2][1], key)
-        rules = ORIGINAL_RULES[:2]
-    else:
-        rules = TRANSFORMERS_RULES
-    for pattern, repl in rules:
-        key = re.sub(pattern, repl, key)
-    return key
-
-
-def to_disk(key: str, fmt: str, dac_names: dict[str, str]) -> str:
-    """Our parameter name -> the on-disk name in `fmt` (inverse of `to_ours`)."""
-    if fmt == "original":
-        module, _, leaf = key.rpartition(".")
-        inverse = {v: k for k, v in dac_names.items()}
-        if module in inverse:
-            return f"{inverse[module]}.{leaf}"
-        if key.startswith("encoder_semantic."):
-            return re.sub(r"\.(conv|conv1|conv2)\.(weight|bias)$", r".\1.conv.\2", key)
-        key = re.sub(r"^quantizer\.layers\.(\d+)\.codebook$", r"quantizer.vq.layers.\1._codebook.embed", key)
-        return re.sub(r"^quantizer\.layers\.", "quantizer.vq.layers.", key)
-    key = re.sub(r"^quantizer\.layers\.(\d+)\.codebook$", r"quantizer.quantizers.\1.codebook.embed", key)
-    key = re.sub(r"^quantizer\.layers\.", "quantizer.quantizers.", key)
-    return re.sub(r"^fc_prior\.", "fc.", re.sub(r"^fc_post2\.", "fc2.", key))
+                dac[f"{enc}.{r}.block.{j}"] = f"acoustic_encoder.block.{b}.res_unit{r + 1}.{layer}"
+                dac[f"{dec}.{r + 2}.block.{j}"] = f"acoustic_decoder.block.{b}.res_unit{r + 1}.{layer}"
+    return [(f"{theirs}.{{leaf}}", f"{ours}.{{leaf}}") for theirs, ours in dac.items()] + [
+        ("quantizer.vq.layers.{q}._codebook.embed", "quantizer.layers.{q}.codebook"),
+        ("quantizer.vq.layers.{rest*}", "quantizer.layers.{rest*}"),
+        # xcodec wraps each semantic conv (encoder, and the training-only decoder) in a module
+        ("encoder_semantic.{module*}.conv.{leaf}", "encoder_semantic.{module*}.{leaf}"),
+        ("decoder_semantic.{module*}.conv.{leaf}", "decoder_semantic.{module*}.{leaf}"),
+    ]
 
 
 # ------------------------------------------------------------------------------------------- reading
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of `model.pth` or `model.safetensors`, as float32; a clear error for a bad file."""
     try:
         if path.suffix == ".safetensors":
@@ -152,9 +123,10 @@ def fold_weight_norm(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, 
     return out
 
 
-def shape_of(tensors: dict[str, torch.Tensor], key: str, path: Path) -> tuple[int, ...]:
+def shape_of(tensors: dict[str, torch.Tensor], key: str, path: Path, rules: Rules = ()) -> tuple[int, ...]:
+    """The shape of `tensors[key]`; a missing one is reported by its on-disk name (`rules` map ours to it)."""
     if key not in tensors:
-        raise HiggsLabError(f"{path}: missing tensor '{key}'")
+        raise HiggsLabError(f"{path}: missing tensor '{to_disk(key, rules)}'")
     return tuple(tensors[key].shape)
 
 
@@ -166,7 +138,7 @@ def hubert_from_weights(t: dict[str, torch.Tensor], path: Path) -> dict:
     conv = [t[p + f"feature_extractor.conv_layers.{i}.conv.weight"] for i in range(len(HUBERT_KERNELS))
             if p + f"feature_extractor.conv_layers.{i}.conv.weight" in t]  # fmt: skip
     kernels = [w.shape[-1] for w in conv]
-    if kernels != HUBERT_KERNELS:
+    if kernels != list(HUBERT_KERNELS):
         raise HiggsLabError(
             f"{path}: semantic_model feature-extractor kernels {kernels}, expected HuBERT's {HUBERT_KERNELS}"
         )
@@ -181,7 +153,7 @@ def hubert_from_weights(t: dict[str, torch.Tensor], path: Path) -> dict:
         ],
         "conv_dim": [w.shape[0] for w in conv],
         "conv_kernel": kernels,
-        "conv_stride": HUBERT_STRIDES,
+        "conv_stride": list(HUBERT_STRIDES),
         "conv_bias": p + "feature_extractor.conv_layers.0.conv.bias" in t,
         "feat_extract_norm": "layer"
         if p + "feature_extractor.conv_layers.1.layer_norm.weight" in t
@@ -199,23 +171,27 @@ def n_quantizers(ours: dict[str, torch.Tensor], path: Path) -> int:
     return max(levels) + 1
 
 
-def config_from(raw: dict, fmt: str, ours: dict[str, torch.Tensor], disk: dict, path: Path) -> CodecConfig:
-    """CodecConfig from config.json plus the tensors' shapes."""
+def config_from(
+    raw: dict, fmt: str, ours: dict[str, torch.Tensor], disk: dict, path: Path, rules: Rules
+) -> CodecConfig:
+    """CodecConfig from config.json plus the tensors' shapes (`ours`: our names, `disk`: the file's)."""
     q = n_quantizers(ours, path)
-    codebook = shape_of(ours, "quantizer.layers.0.codebook", path)
+    codebook = shape_of(ours, "quantizer.layers.0.codebook", path, rules)
     common = dict(
-        encoder_width=shape_of(ours, "acoustic_encoder.conv1.weight", path)[0],
-        latent_dim=shape_of(ours, "acoustic_encoder.conv2.weight", path)[0],
-        decoder_width=shape_of(ours, "acoustic_decoder.conv1.weight", path)[0],
+        encoder_width=shape_of(ours, "acoustic_encoder.conv1.weight", path, rules)[0],
+        latent_dim=shape_of(ours, "acoustic_encoder.conv2.weight", path, rules)[0],
+        decoder_width=shape_of(ours, "acoustic_decoder.conv1.weight", path, rules)[0],
+        rvq_dim=shape_of(ours, "fc_prior.weight", path, rules)[0],
         n_q=q,
         bins=codebook[0],
         codebook_dim=codebook[1],
     )
     if fmt == "original":
+        semantic = raw.get("semantic_techer", "hubert_base_general") is not None
         return CodecConfig(
             sample_rate=int(raw.get("sample_rate", 24000)),
             ratios=tuple(raw.get("ratios", (8, 5, 4, 2, 3))),
-            hubert=hubert_from_weights(disk, path),
+            hubert=hubert_from_weights(disk, path) if semantic else None,
             **common,
         )
     acoustic = raw.get("acoustic_model_config") or {}
@@ -239,12 +215,13 @@ def config_from(raw: dict, fmt: str, ours: dict[str, torch.Tensor], disk: dict, 
     )
 
 
-def detect_format(directory: Path) -> tuple[str, Path]:
+def layout_of(directory: Path) -> tuple[str, Path]:
+    """('original' | 'transformers', its weights file) of a tokenizer directory, by which weights file it holds."""
     if not directory.is_dir():
         raise HiggsLabError(f"tokenizer directory not found: {directory}")
     if not (directory / "config.json").is_file():
         raise HiggsLabError(f"{directory}: no config.json")
-    for fmt, name in (("transformers", "model.safetensors"), ("original", "model.pth")):
+    for fmt, name in LAYOUTS.items():
         if (directory / name).is_file():
             return fmt, directory / name
     raise HiggsLabError(
@@ -252,40 +229,39 @@ def detect_format(directory: Path) -> tuple[str, Path]:
     )
 
 
-def load_codec(directory: str | Path, device: str | torch.device = "cpu") -> tuple[HiggsAudioCodec, str]:
-    """Read a tokenizer directory in either layout -> (model in eval mode on `device`, 'original' | 'transformers')."""
+def read_codec(directory: str | Path) -> tuple[CodecConfig, dict[str, torch.Tensor], str, Path]:
+    """A tokenizer directory in either layout -> (config, tensors under our names, layout, weights file)."""
     directory = Path(directory)
-    fmt, weights = detect_format(directory)
+    fmt, weights = layout_of(directory)
     try:
         raw = json.loads((directory / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HiggsLabError(f"{directory / 'config.json'}: not valid JSON ({e})") from e
     if not isinstance(raw, dict):
         raise HiggsLabError(f"{directory / 'config.json'}: expected a JSON object")
-    disk = read_tensors(weights)
+    disk = read_state_dict(weights)
     if fmt == "original":
         disk = fold_weight_norm(disk, weights)
-    n_blocks = len(
-        raw.get("ratios") or (raw.get("acoustic_model_config") or {}).get("downsampling_ratios") or ()
-    )
-    dac_names = original_module_names(n_blocks)
-    ours = {to_ours(k, fmt, dac_names): v for k, v in disk.items() if not UNUSED.match(k)}
-    cfg = config_from(raw, fmt, ours, disk, weights)
-    with torch.device("meta"):
-        model = HiggsAudioCodec(cfg)
+    ratios = raw.get("ratios") or (raw.get("acoustic_model_config") or {}).get("downsampling_ratios") or ()
+    rules = key_rules(fmt, len(ratios))
+    ours = {to_ours(k, rules): v for k, v in disk.items() if not UNUSED.match(k)}
+    return config_from(raw, fmt, ours, disk, weights, rules), ours, fmt, weights
+
+
+def check_state_dict(model: HiggsAudioCodec, tensors: dict[str, torch.Tensor], weights: Path, fmt: str):
+    """Strict key and shape check; the error names the file and the tensor by its on-disk name."""
+    rules = key_rules(fmt, len(model.cfg.ratios))
     expected = model.state_dict()
-    for key in expected.keys() - ours.keys():
-        raise HiggsLabError(f"{weights}: missing tensor '{to_disk(key, fmt, dac_names)}'")
-    for key in ours.keys() - expected.keys():
-        raise HiggsLabError(f"{weights}: unexpected tensor '{to_disk(key, fmt, dac_names)}'")
-    for key, value in ours.items():
+    for key in expected.keys() - tensors.keys():
+        raise HiggsLabError(f"{weights}: missing tensor '{to_disk(key, rules)}'")
+    for key in tensors.keys() - expected.keys():
+        raise HiggsLabError(f"{weights}: unexpected tensor '{to_disk(key, rules)}'")
+    for key, value in tensors.items():
         if value.shape != expected[key].shape:
             raise HiggsLabError(
-                f"{weights}: tensor '{to_disk(key, fmt, dac_names)}' has shape {list(value.shape)}, "
+                f"{weights}: tensor '{to_disk(key, rules)}' has shape {list(value.shape)}, "
                 f"expected {list(expected[key].shape)}"
             )
-    model.load_state_dict(ours, assign=True)
-    return model.to(device).eval(), fmt
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -294,30 +270,6 @@ def load_codec(directory: str | Path, device: str | torch.device = "cpu") -> tup
 def split_weight_norm(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """weight -> (g, v) with g = ‖weight‖ over all dims but 0 (shape [out, 1, 1]) and v = weight."""
     return weight.norm(dim=list(range(1, weight.dim())), keepdim=True), weight.clone()
-
-
-def training_only_tensors(cfg: CodecConfig, fmt: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random stand-ins for the tensors a real checkpoint carries but inference ignores (semantic decoder,
-    fc_post1, k-means buffers), so written checkpoints have the real key set."""
-    d, fused = cfg.semantic_dim, cfg.latent_dim + cfg.semantic_dim
-    wrap = ".conv" if fmt == "original" else ""  # xcodec wraps semantic convs
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * 0.02
-
-    out = {
-        f"decoder_semantic.conv1{wrap}.weight": rand(d, d, 3),
-        f"decoder_semantic.conv2{wrap}.weight": rand(d, d, 3),
-    }
-    for i in range(len(cfg.semantic_strides)):
-        block = f"decoder_semantic.conv_blocks.{i}"
-        out[f"{block}.conv{wrap}.weight"], out[f"{block}.conv{wrap}.bias"] = rand(d, d, 3), rand(d)
-        for j in range(len(cfg.semantic_dilations)):
-            out[f"{block}.res_units.{j}.conv1{wrap}.weight"] = rand(d, d, cfg.semantic_unit_kernel)
-            out[f"{block}.res_units.{j}.conv2{wrap}.weight"] = rand(d, d, 1)
-    fc1 = "fc_post1" if fmt == "original" else "fc1"
-    out[f"{fc1}.weight"], out[f"{fc1}.bias"] = rand(d, fused), rand(d)
-    return out
 
 
 def original_config_json(cfg: CodecConfig) -> dict:
@@ -330,12 +282,17 @@ def original_config_json(cfg: CodecConfig) -> dict:
         "sample_rate": cfg.sample_rate,
         "bins": cfg.bins,
         "n_q": cfg.n_q,
-        "semantic_techer": "hubert_base_general",
+        "semantic_techer": "hubert_base_general" if cfg.semantic else None,
     }
 
 
 def transformers_config_json(cfg: CodecConfig) -> dict:
     from transformers import HiggsAudioV2TokenizerConfig
+
+    if not cfg.semantic:
+        raise HiggsLabError(
+            "the transformers tokenizer layout needs a semantic branch: write 'original' instead"
+        )
 
     bits = (cfg.bins - 1).bit_length()
     config = HiggsAudioV2TokenizerConfig(
@@ -358,17 +315,23 @@ def transformers_config_json(cfg: CodecConfig) -> dict:
     return config.to_dict()
 
 
-def save_codec(model: HiggsAudioCodec, directory: str | Path, fmt: str = "original", seed: int = 0) -> Path:
-    """Write `model` as a tokenizer checkpoint in `fmt`; files are written to temporaries and renamed."""
-    if fmt not in ("original", "transformers"):
+def write_codec(
+    model: HiggsAudioCodec,
+    directory: str | Path,
+    fmt: str = "original",
+    extra: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write `model` as a tokenizer checkpoint in `fmt`, plus `extra` tensors under their on-disk names (e.g.
+    stand-ins for the training-only ones a real checkpoint carries). Files go to temporaries, then are renamed;
+    the config is checked before anything is written."""
+    if fmt not in LAYOUTS:
         raise HiggsLabError(f"unknown tokenizer format {fmt!r}: use 'original' or 'transformers'")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
-    dac_names = original_module_names(len(cfg.ratios))
+    config = original_config_json(cfg) if fmt == "original" else transformers_config_json(cfg)
+    rules = key_rules(fmt, len(cfg.ratios))
     tensors: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        disk = to_disk(key, fmt, dac_names)
+        disk = to_disk(key, rules)
         is_dac_conv = key.startswith("acoustic_") and key.endswith(".weight") and value.dim() == 3
         if fmt == "original" and is_dac_conv:
             base = disk.removesuffix(".weight")
@@ -380,15 +343,14 @@ def save_codec(model: HiggsAudioCodec, directory: str | Path, fmt: str = "origin
             tensors[prefix + ".inited"] = torch.ones(1)
             tensors[prefix + ".cluster_size"] = torch.zeros(cfg.bins)
             tensors[prefix + ".embed_avg"] = value.detach().clone()
-    tensors.update(training_only_tensors(cfg, fmt, torch.Generator().manual_seed(seed)))
-    config = original_config_json(cfg) if fmt == "original" else transformers_config_json(cfg)
+    tensors.update(extra or {})
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     atomic_write(directory / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2)))
     if fmt == "original":
-        atomic_write(directory / "model.pth", lambda p: torch.save(tensors, p))
+        atomic_write(directory / LAYOUTS[fmt], lambda p: torch.save(tensors, p))
     else:
         from safetensors.torch import save_file
 
-        atomic_write(
-            directory / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"})
-        )
+        atomic_write(directory / LAYOUTS[fmt], lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     return directory
