@@ -104,9 +104,8 @@ class Example:
 def make_example(text_tokenizer, config: HiggsConfig, text: str, codes: torch.Tensor) -> Example:
     from higgslab.generate.prompt import build_prompt
 
-    prompt = build_prompt(text_tokenizer, text, n_q=config.num_codebooks, stream_bos_id=config.stream_bos_id,
-                          stream_eos_id=config.stream_eos_id)  # fmt: skip
-    columns = delay.encode_segment(codes, config.stream_bos_id, config.stream_eos_id)
+    prompt = build_prompt(text_tokenizer, text, n_q=config.num_codebooks, stream_ids=config.stream_ids)
+    columns = delay.encode_segment(codes, config.stream_ids)
     audio = torch.full((columns.shape[1],), config.audio_out_token_id, dtype=torch.long)
     return Example(torch.cat([prompt.input_ids, audio]), columns, len(prompt.input_ids), prompt.text_span)
 
