@@ -183,6 +183,7 @@ def train_lm(cfg: DictConfig) -> Path:
     from transformers import AutoTokenizer
 
     from higgslab.model.lm import HiggsAudioModel
+    from higgslab.tokenizer.codec import load_tokenizer
     from higgslab.train.loop import run_training
     from higgslab.train.text import write_text_tokenizer
 
@@ -194,7 +195,8 @@ def train_lm(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.run_dir) / m.name
     run_dir.mkdir(parents=True, exist_ok=True)
     codes = encode_corpus(audio_tok, train + valid, Path(cfg.run_dir) / "codes.pt")
-    n_q, bins = next(iter(codes.values())).shape[0], int(m.codebook_size)
+    tokenizer = load_tokenizer(audio_tok)  # the LM's codebooks are its tokenizer's: no setting of their own
+    n_q, bins = tokenizer.num_codebooks, tokenizer.codebook_size
 
     text_dir = run_dir / "text"
     text_ids = write_text_tokenizer(text_dir, [c.text for c in train], m.bpe_merges)
