@@ -46,9 +46,10 @@ def tiny_codec(seed: int = 0, **overrides) -> HiggsAudioCodec:
     return model.eval()
 
 
-def write_tiny_tokenizer(directory: str | Path, fmt: str = "original", seed: int = 0) -> Path:
+def write_tiny_tokenizer(directory: str | Path, fmt: str = "original", seed: int = 0, **overrides) -> Path:
     """Write a tiny random tokenizer to `directory` as config.json + model.pth ('original', weight-normalised DAC
-    convs) or config.json + model.safetensors ('transformers'). Returns the directory."""
+    convs) or config.json + model.safetensors ('transformers'). `overrides` change `tiny_config` (e.g.
+    `n_q=4`, `bins=512`). Returns the directory."""
     from higgslab.tokenizer.checkpoint import save_codec
 
-    return save_codec(tiny_codec(seed), directory, fmt, seed=seed)
+    return save_codec(tiny_codec(seed, **overrides), directory, fmt, seed=seed)
