@@ -56,7 +56,9 @@ def keep_freed_memory() -> bool:
 
 def build_stack(config: HiggsConfig, kind: str, dtype: torch.dtype) -> nn.ModuleList:
     torch.manual_seed(0)
-    layers = [DualFFNLayer(config, i, attn_slot=i, kind=kind) for i in range(config.num_layers)]
+    every = tuple(range(config.num_layers)) if kind == "dual_ffn" else ()  # "llama": no audio FFN anywhere
+    config = config.replace(adapter_type="dual_ffn", dual_ffn_layers=every)
+    layers = [DualFFNLayer(config, i, attn_slot=i) for i in range(config.num_layers)]
     return nn.ModuleList(layers).to(dtype).train()
 
 

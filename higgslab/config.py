@@ -3,8 +3,15 @@
 The original Boson checkpoint (`model_type: higgs_audio`) nests a Llama `text_config` and names the audio
 settings `audio_*`; the transformers port (`model_type: higgs_audio_v2`) is a flat LlamaConfig plus
 `num_codebooks`/`codebook_size`. Both become the same dataclass, and both can be written back, so that a
-round trip through `higgslab.convert` is exact. Shapes always come from the checkpoint's own file; RoPE
-too (transformers' defaults carry other llama3 numbers, see FORMATS.md §1).
+round trip through `higgslab.convert` is exact.
+
+Shapes, ids and the numbers the forward pass uses come only from the checkpoint's own file: a missing key
+that sets one is a one-line `HiggsLabError` naming it, never a default (transformers' own defaults carry
+other llama3 RoPE numbers and a head_dim of 128: FORMATS.md §1, §9). The tables below say which keys each
+flavour must have (`*_REQUIRED`) and which the real files may leave out, with the value both formats'
+readers give them then (`*_OPTIONAL`): Llama's bias/activation/tying defaults, and the three Llama-3
+reserved-slot ids that Boson's file does not name (FORMATS.md §5).
+The dataclass defaults below are the real 3B model, for configs built in code.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from higgslab.errors import HiggsLabError
 
@@ -77,14 +84,21 @@ class HiggsConfig:
     def layer_kinds(self) -> list[LayerKind]:
         return [self.layer_kind(i) for i in range(self.num_layers)]
 
+    @property
+    def stream_ids(self) -> StreamIds:
+        """The audio stream's ids (codes, stream bos, stream eos), as `higgslab.delay` takes them."""
+        return StreamIds(self.codebook_size, self.stream_bos_id, self.stream_eos_id)
+
     # ---- reading -------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> HiggsConfig:
+        if not isinstance(d, dict):
+            raise HiggsLabError(f"{where}: expected a JSON object, got {type(d).__name__}")
         kind = d.get("model_type")
         if kind == "higgs_audio":
             cfg = cls._from_original(d, where)
         elif kind == "higgs_audio_v2":
-            cfg = cls._from_transformers(d)
+            cfg = cls._from_transformers(d, where)
         else:
             raise HiggsLabError(
                 f"{where}: unknown model_type {kind!r} (expected 'higgs_audio' or 'higgs_audio_v2')"
@@ -108,84 +122,43 @@ class HiggsConfig:
         return cls.from_dict(d, where=str(path))
 
     @staticmethod
-    def _llama_fields(t: dict[str, Any]) -> dict[str, Any]:
-        heads = t.get("num_attention_heads", 32)
-        hidden = t.get("hidden_size", 4096)
-        return dict(
-            vocab_size=t.get("vocab_size", 128256),
-            hidden_size=hidden,
-            intermediate_size=t.get("intermediate_size", 11008),
-            num_layers=t.get("num_hidden_layers", 32),
-            num_heads=heads,
-            num_kv_heads=t.get("num_key_value_heads") or heads,
-            head_dim=t.get("head_dim") or hidden // heads,
-            rms_norm_eps=t.get("rms_norm_eps", 1e-6),
-            max_position_embeddings=t.get("max_position_embeddings", 2048),
-            rope=_rope_from(t),
-            attention_bias=t.get("attention_bias", False),
-            mlp_bias=t.get("mlp_bias", False),
-            hidden_act=t.get("hidden_act", "silu"),
-            tie_word_embeddings=t.get("tie_word_embeddings", False),
-        )
+    def _llama_fields(t: _Keys) -> dict[str, Any]:
+        """The Llama backbone from a (flat or nested) LlamaConfig dict."""
+        return t.fields(LLAMA_REQUIRED, LLAMA_OPTIONAL) | {"rope": _rope_from(t)}
 
     @classmethod
     def _from_original(cls, d: dict[str, Any], where: str) -> HiggsConfig:
         t = d.get("text_config")
         if not isinstance(t, dict):
             raise HiggsLabError(f"{where}: model_type 'higgs_audio' needs a 'text_config' object")
-        fields = cls._llama_fields(t)
-        adapter = d.get("audio_adapter_type", "dual_ffn_fast_forward")
-        if adapter not in ADAPTER_TYPES:
+        text = _Keys(t, where, "text_config.")
+        fields = cls._llama_fields(text) | _Keys(d, where).fields(ORIGINAL_REQUIRED, ORIGINAL_OPTIONAL)
+        if fields["adapter_type"] not in ADAPTER_TYPES:
             raise HiggsLabError(
-                f"{where}: audio_adapter_type {adapter!r} is not supported (use {ADAPTER_TYPES})"
+                f"{where}: audio_adapter_type {fields['adapter_type']!r} is not supported (use {ADAPTER_TYPES})"
             )
-        ffn_size = d.get("audio_ffn_intermediate_size", fields["intermediate_size"])
-        if (
-            ffn_size != fields["intermediate_size"]
-            or d.get("audio_ffn_hidden_size", fields["hidden_size"]) != (fields["hidden_size"])
-        ):
-            raise HiggsLabError(f"{where}: an audio FFN of another size than the text FFN is not supported")
-        size = d.get("audio_codebook_size", 1024)
-        return cls(
-            **fields,
-            adapter_type=adapter,
-            dual_ffn_layers=tuple(d.get("audio_dual_ffn_layers") or ()),
-            audio_self_attention=bool(d.get("use_audio_out_self_attention", 0)),
-            num_codebooks=d.get("audio_num_codebooks", 8),
-            codebook_size=size,
-            stream_bos_id=d.get("audio_stream_bos_id", size),
-            stream_eos_id=d.get("audio_stream_eos_id", size + 1),
-            bos_token_id=t.get("bos_token_id", 128000),
-            pad_token_id=d.get("pad_token_id", 128001),
-            eot_token_id=d.get("eot_token_id", 128009),
-            audio_bos_token_id=d.get("audio_bos_token_id", 128011),
-            audio_eos_token_id=d.get("audio_eos_token_id", 128012),
-            audio_out_bos_token_id=d.get("audio_out_bos_token_id", 128013),
-            audio_delay_token_id=d.get("audio_delay_token_id", 128014),
-            audio_in_token_id=d.get("audio_in_token_idx", 128015),
-            audio_out_token_id=d.get("audio_out_token_idx", 128016),
-            source_format="original",
+        text_ffn = (fields["hidden_size"], fields["intermediate_size"])
+        audio_ffn = (
+            d.get("audio_ffn_hidden_size", text_ffn[0]),
+            d.get("audio_ffn_intermediate_size", text_ffn[1]),
         )
+        if audio_ffn != text_ffn:  # absent: the text FFN's sizes
+            raise HiggsLabError(f"{where}: an audio FFN of another size than the text FFN is not supported")
+        fields["dual_ffn_layers"] = tuple(fields["dual_ffn_layers"] or ())
+        fields["audio_self_attention"] = bool(fields["audio_self_attention"])
+        return cls(**fields, bos_token_id=text.need("bos_token_id"), source_format="original")
 
     @classmethod
-    def _from_transformers(cls, d: dict[str, Any]) -> HiggsConfig:
-        fields = cls._llama_fields(d)
-        # transformers' codebook_size counts the two stream tokens (1026 in the checkpoints)
-        entries = d.get("codebook_size", 1026)
+    def _from_transformers(cls, d: dict[str, Any], where: str) -> HiggsConfig:
+        keys = _Keys(d, where)
+        fields = cls._llama_fields(keys) | keys.fields(TRANSFORMERS_REQUIRED)
+        fields["codebook_size"] -= 2  # transformers' codebook_size counts the two stream tokens (1026 there)
         return cls(
             **fields,
             # every layer is DualFFN there; the real original config names the same thing this way
             adapter_type="dual_ffn_fast_forward",
             dual_ffn_layers=tuple(range(fields["num_layers"])),
-            num_codebooks=d.get("num_codebooks", 8),
-            codebook_size=entries - 2,
-            stream_bos_id=d.get("audio_stream_bos_id", entries - 2),
-            stream_eos_id=d.get("audio_stream_eos_id", entries - 1),
-            bos_token_id=d.get("bos_token_id") or 128000,
-            pad_token_id=d.get("pad_token_id", 128001),
-            audio_out_bos_token_id=d.get("audio_bos_token_id", 128013),
-            audio_delay_token_id=d.get("audio_delay_token_id", 128014),
-            audio_out_token_id=d.get("audio_token_id", 128016),
+            bos_token_id=d.get("bos_token_id") or 128000,  # may be null there
             source_format="transformers",
         )
 
@@ -290,13 +263,99 @@ class HiggsConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _rope_from(t: dict[str, Any]) -> dict[str, Any]:
+class StreamIds(NamedTuple):
+    """One checkpoint's audio stream: real codes are 0..codebook_size-1, then stream bos and stream eos.
+
+    Everything in `higgslab.delay` takes one; a model's is `HiggsConfig.stream_ids`, a tokenizer-only
+    view's is `StreamIds.after_codes(tokenizer.codebook_size)`."""
+
+    codebook_size: int
+    bos: int  # stream-bos: codebook not started yet
+    eos: int  # stream-eos: codebook ended
+
+    @classmethod
+    def after_codes(cls, codebook_size: int) -> StreamIds:
+        """The layout every Higgs checkpoint uses: bos = codebook_size, eos = codebook_size + 1."""
+        return cls(codebook_size, codebook_size, codebook_size + 1)
+
+
+# ---- what each config.json flavour must hold: dataclass field -> key --------------------------------------
+LLAMA_REQUIRED = {  # the flat transformers file, or the original's `text_config`
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "intermediate_size": "intermediate_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim",
+    "rms_norm_eps": "rms_norm_eps",
+    "max_position_embeddings": "max_position_embeddings",
+}  # and RoPE: `rope_parameters`, or `rope_theta` (+ optional `rope_scaling`)
+LLAMA_OPTIONAL = {  # LlamaConfig's and HiggsAudioV2Config's own defaults
+    "attention_bias": ("attention_bias", False),
+    "mlp_bias": ("mlp_bias", False),
+    "hidden_act": ("hidden_act", "silu"),
+    "tie_word_embeddings": ("tie_word_embeddings", False),
+}
+ORIGINAL_REQUIRED = {  # top level of the original file (its `text_config` holds `bos_token_id`)
+    "adapter_type": "audio_adapter_type",
+    "dual_ffn_layers": "audio_dual_ffn_layers",
+    "audio_self_attention": "use_audio_out_self_attention",
+    "num_codebooks": "audio_num_codebooks",
+    "codebook_size": "audio_codebook_size",
+    "stream_bos_id": "audio_stream_bos_id",
+    "stream_eos_id": "audio_stream_eos_id",
+    "pad_token_id": "pad_token_id",
+    "audio_eos_token_id": "audio_eos_token_id",
+    "audio_out_bos_token_id": "audio_out_bos_token_id",
+    "audio_in_token_id": "audio_in_token_idx",
+    "audio_out_token_id": "audio_out_token_idx",
+}
+ORIGINAL_OPTIONAL = {  # not in Boson's file: the Llama-3 reserved slots (FORMATS.md §5)
+    "eot_token_id": ("eot_token_id", 128009),
+    "audio_bos_token_id": ("audio_bos_token_id", 128011),
+    "audio_delay_token_id": ("audio_delay_token_id", 128014),
+}
+TRANSFORMERS_REQUIRED = {
+    "num_codebooks": "num_codebooks",
+    "codebook_size": "codebook_size",  # codes + the two stream tokens
+    "stream_bos_id": "audio_stream_bos_id",
+    "stream_eos_id": "audio_stream_eos_id",
+    "pad_token_id": "pad_token_id",
+    "audio_out_bos_token_id": "audio_bos_token_id",
+    "audio_delay_token_id": "audio_delay_token_id",
+    "audio_out_token_id": "audio_token_id",
+}
+
+
+class _Keys:
+    """One config object being read: a missing key that sets a shape, an id or a number is a one-line error
+    naming it (`need`); optional keys take the defaults of their table (`fields`)."""
+
+    def __init__(self, d: dict[str, Any], where: str, prefix: str = ""):
+        self.d, self.where, self.prefix = d, where, prefix
+
+    def need(self, key: str) -> Any:
+        if key not in self.d:
+            raise HiggsLabError(f"{self.where}: missing key '{self.prefix}{key}'")
+        return self.d[key]
+
+    def fields(
+        self, required: dict[str, str], optional: dict[str, tuple[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Dataclass fields from a `*_REQUIRED` table (field -> key) and a `*_OPTIONAL` one (field -> (key, default))."""
+        out = {name: self.need(key) for name, key in required.items()}
+        return out | {name: self.d.get(key, default) for name, (key, default) in (optional or {}).items()}
+
+
+def _rope_from(t: _Keys) -> dict[str, Any]:
     """RoPE settings in transformers-5 form, from either `rope_parameters` or legacy `rope_theta`+`rope_scaling`."""
-    if isinstance(t.get("rope_parameters"), dict):
-        rope = dict(t["rope_parameters"])
+    if isinstance(t.d.get("rope_parameters"), dict):
+        rope = dict(t.d["rope_parameters"])
     else:
-        rope = dict(t.get("rope_scaling") or {})
-        rope.setdefault("rope_theta", t.get("rope_theta", 10000.0))
+        rope = dict(t.d.get("rope_scaling") or {})
+        if "rope_theta" not in rope:
+            rope["rope_theta"] = t.need("rope_theta")
     rope["rope_type"] = rope.pop("type", None) or rope.get("rope_type") or "default"
     return rope
 

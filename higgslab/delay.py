@@ -2,8 +2,10 @@
 
 Codes are `[n_q, T]` (or batched `[B, n_q, T]`): row k is codebook k, column t is frame t. Delayed, a
 column holds codebook k of frame t - k, so the model emits one column per step and every codebook
-conditions on the lower codebooks of the same frame. Stream tokens pad the staircase: stream-bos (1024)
-before a codebook has started, stream-eos (1025) after it has ended.
+conditions on the lower codebooks of the same frame. Stream tokens pad the staircase: stream-bos before a
+codebook has started, stream-eos after it has ended. Their ids are the checkpoint's (`StreamIds`, from
+`HiggsConfig.stream_ids`; 1024 and 1025 in the real one): every function that writes or reads them takes
+the ids, none assumes them.
 
 Generation (a column per step, `force` after sampling):
     column 0         all stream-bos, emitted at the `<|audio_out_bos|>` position without sampling
@@ -20,13 +22,11 @@ from typing import NamedTuple
 
 import torch
 
-BOS_ID = 1024  # stream-bos: codebook not started yet
-EOS_ID = 1025  # stream-eos: codebook ended
-CODEBOOK_SIZE = 1024  # real codes are 0..1023
+from higgslab.config import StreamIds
 
 
 # ---- whole sequences --------------------------------------------------------------------------------------
-def apply(codes: torch.Tensor, bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> torch.Tensor:
+def apply(codes: torch.Tensor, ids: StreamIds) -> torch.Tensor:
     """Delay `[..., n_q, T]` codes → `[..., n_q, T + n_q - 1]`: row k shifted right by k, bos before, eos after."""
     n_q, T = codes.shape[-2:]
     k = torch.arange(n_q, device=codes.device)[:, None]
@@ -37,8 +37,8 @@ def apply(codes: torch.Tensor, bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> to
         picked = torch.empty(index.shape, dtype=codes.dtype, device=codes.device)
     else:
         picked = codes.gather(-1, index)
-    out = torch.where(src < 0, bos_id, picked)
-    return torch.where(src >= T, eos_id, out)
+    out = torch.where(src < 0, ids.bos, picked)
+    return torch.where(src >= T, ids.eos, out)
 
 
 def revert(delayed: torch.Tensor) -> torch.Tensor:
@@ -51,15 +51,15 @@ def revert(delayed: torch.Tensor) -> torch.Tensor:
     return delayed.gather(-1, (f + k).expand(*delayed.shape[:-1], -1))
 
 
-def encode_segment(codes: torch.Tensor, bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> torch.Tensor:
+def encode_segment(codes: torch.Tensor, ids: StreamIds) -> torch.Tensor:
     """One stored audio segment, as the original writes a reference: `[..., n_q, N]` → `[..., n_q, N + n_q + 1]`.
 
     A stream-bos frame, the N frames and a stream-eos frame, delayed (N + 9 columns for n_q = 8); one
     `<|AUDIO_OUT|>` placeholder per column in the prompt.
     """
     pad = codes.new_full((*codes.shape[:-1], 1), 0)
-    framed = torch.cat([pad + bos_id, codes, pad + eos_id], dim=-1)
-    return apply(framed, bos_id, eos_id)
+    framed = torch.cat([pad + ids.bos, codes, pad + ids.eos], dim=-1)
+    return apply(framed, ids)
 
 
 # ---- step-wise forcing during generation (device tensors only, capture-friendly) ----------------------------
@@ -79,17 +79,14 @@ class DelayState(NamedTuple):
     end_frame: torch.Tensor
 
 
-def init_state(batch: int, n_q: int = 8, device: torch.device | str | None = None) -> DelayState:
-    """The state before the first sampled column. `n_q` is accepted for symmetry; `force` reads it from the column."""
-    del n_q
+def init_state(batch: int, device: torch.device | str | None = None) -> DelayState:
+    """The state before the first sampled column (`force` reads n_q from the column)."""
     zeros = torch.zeros(batch, dtype=torch.long, device=device)
     no = torch.zeros(batch, dtype=torch.bool, device=device)
     return DelayState(steps=zeros, countdown=zeros - 1, done=no, end_frame=zeros - 1)
 
 
-def force(
-    column: torch.Tensor, state: DelayState, bos_id: int = BOS_ID, eos_id: int = EOS_ID
-) -> tuple[torch.Tensor, DelayState]:
+def force(column: torch.Tensor, state: DelayState, ids: StreamIds) -> tuple[torch.Tensor, DelayState]:
     """Apply the delay rules to one sampled column `[B, n_q]` → (column to emit and feed back, next state).
 
     Order within a step, as the original `_sample_audio_tokens` (after sampling and RAS):
@@ -109,20 +106,20 @@ def force(
     k = torch.arange(n_q, device=column.device)[None, :]
     steps, r, done = state.steps[:, None], state.countdown[:, None], state.done[:, None]
 
-    column = torch.where(k > steps, bos_id, column)  # 1. not open yet
+    column = torch.where(k > steps, ids.bos, column)  # 1. not open yet
 
     closing = r > 0  # 2. countdown under way
-    column = torch.where(closing & (k <= n_q - 1 - r), eos_id, column)
+    column = torch.where(closing & (k <= n_q - 1 - r), ids.eos, column)
     r = torch.where(closing, r - 1, r)
 
-    is_eos = column == eos_id  # 3. detection
+    is_eos = column == ids.eos  # 3. detection
     j = torch.where(is_eos, k, n_q).amin(dim=-1, keepdim=True)
     start = ~closing & ~done & (j < n_q)
-    column = torch.where(start & (k < j), eos_id, column)
+    column = torch.where(start & (k < j), ids.eos, column)
     r = torch.where(start, n_q - 1 - j, r)
 
     finished = (closing | start) & (r == 0)  # 4.
-    column = torch.where(done, eos_id, column)
+    column = torch.where(done, ids.eos, column)
     next_state = DelayState(
         steps=state.steps + 1,
         countdown=torch.where(finished, -1, r)[:, 0],
@@ -133,7 +130,7 @@ def force(
 
 
 # ---- output ------------------------------------------------------------------------------------------------
-def inferred_end_frame(columns: torch.Tensor, eos_id: int = EOS_ID) -> torch.Tensor:
+def inferred_end_frame(columns: torch.Tensor, ids: StreamIds) -> torch.Tensor:
     """The partial frame `[...]` read off generated columns `[..., n_q, S]` alone; -1 while no eos was emitted.
 
     The first column c holding an eos is the closing column; there codebooks 0..j are eos, j being the
@@ -142,7 +139,7 @@ def inferred_end_frame(columns: torch.Tensor, eos_id: int = EOS_ID) -> torch.Ten
     lower by the run's excess, dropping frames that hold that sampled eos.
     """
     n_q, S = columns.shape[-2:]
-    is_eos = columns == eos_id
+    is_eos = columns == ids.eos
     col = torch.arange(S, device=columns.device)
     first = torch.where(is_eos.any(dim=-2), col, S).amin(dim=-1)  # [...]
     at_first = is_eos.gather(-1, first.clamp(max=S - 1)[..., None, None].expand(*columns.shape[:-1], 1))
@@ -151,7 +148,7 @@ def inferred_end_frame(columns: torch.Tensor, eos_id: int = EOS_ID) -> torch.Ten
 
 
 def num_finished_frames(
-    columns: torch.Tensor, end_frame: torch.Tensor | int | None = None, eos_id: int = EOS_ID
+    columns: torch.Tensor, ids: StreamIds, end_frame: torch.Tensor | int | None = None
 ) -> torch.Tensor:
     """How many complete frames `[...]` the generated columns `[..., n_q, S]` hold (column 0 = the all-bos one).
 
@@ -159,11 +156,11 @@ def num_finished_frames(
     complete once column g + n_q - 1 exists: S - n_q frames (N sampled steps → N - (n_q - 1)). Once the
     closing started, frames from `end_frame` (the partial one) on are dropped: on a finished row that is
     exactly the original's `[:, 1:-1]`, and columns after the row finished are ignored. `end_frame`
-    (`DelayState.end_frame`, -1 = none) defaults to `inferred_end_frame(columns)`.
+    (`DelayState.end_frame`, -1 = none) defaults to `inferred_end_frame(columns, ids)`.
     """
     n_q, S = columns.shape[-2:]
     if end_frame is None:
-        end_frame = inferred_end_frame(columns, eos_id)
+        end_frame = inferred_end_frame(columns, ids)
     end_frame = torch.as_tensor(end_frame, device=columns.device)
     at_max_length = torch.full_like(end_frame, S - n_q)
     count = torch.where(end_frame >= 0, torch.minimum(end_frame - 1, at_max_length), at_max_length)
@@ -171,18 +168,18 @@ def num_finished_frames(
 
 
 def finished_frames(
-    columns: torch.Tensor, codebook_size: int = CODEBOOK_SIZE, end_frame: torch.Tensor | int | None = None
+    columns: torch.Tensor, ids: StreamIds, end_frame: torch.Tensor | int | None = None
 ) -> torch.Tensor:
     """Generated columns `[n_q, S]` (column 0 = the all-bos one) → complete frames `[n_q, F]` in [0, codebook_size).
 
-    Stream ids are codebook_size (bos) and codebook_size + 1 (eos). Give the row's `DelayState.end_frame`
-    for exact parity with the original; without it the end is read off the columns. Stream tokens inside
-    kept frames (a codebook may sample bos/eos) are clipped to codebook_size - 1, as the original does.
+    Give the row's `DelayState.end_frame` for exact parity with the original; without it the end is read
+    off the columns. Stream tokens inside kept frames (a codebook may sample bos/eos) are clipped to
+    codebook_size - 1, as the original does.
     """
-    count = int(num_finished_frames(columns, end_frame, eos_id=codebook_size + 1))
+    count = int(num_finished_frames(columns, ids, end_frame))
     if count == 0:
         return columns.new_zeros((columns.shape[0], 0))
-    return revert(columns)[:, 1 : 1 + count].clamp(0, codebook_size - 1)
+    return revert(columns)[:, 1 : 1 + count].clamp(0, ids.codebook_size - 1)
 
 
 class DelayScheduler:
@@ -193,8 +190,8 @@ class DelayScheduler:
     Concatenating every push's output gives exactly `finished_frames` of all columns pushed.
     """
 
-    def __init__(self, n_q: int = 8, codebook_size: int = CODEBOOK_SIZE):
-        self.n_q, self.codebook_size = n_q, codebook_size
+    def __init__(self, n_q: int, ids: StreamIds):
+        self.n_q, self.ids = n_q, ids
         self.columns: list[torch.Tensor] = []
         self.closed = torch.zeros(n_q, dtype=torch.bool)  # codebooks that have emitted eos
         self.end_frame: int | None = None  # the partial frame, once the closing has started
@@ -222,14 +219,12 @@ class DelayScheduler:
         """
         column = column.detach().to("cpu", torch.long)
         self.columns.append(column)
-        is_eos = column == self.codebook_size + 1
+        is_eos = column == self.ids.eos
         if end_frame is not None and end_frame >= 0:
             self.end_frame = int(end_frame)
         elif self.end_frame is None and bool(is_eos.any()):
-            self.end_frame = int(
-                inferred_end_frame(column[:, None])
-            )  # this column as if it were column 0 ...
-            self.end_frame += len(self.columns) - 1  # ... shifted to its place
+            # this column as if it were column 0, shifted to its place
+            self.end_frame = int(inferred_end_frame(column[:, None], self.ids)) + len(self.columns) - 1
         self.closed |= is_eos
         c = len(self.columns) - 1
         last = c - self.n_q + 1  # the frame this column completes
@@ -238,6 +233,6 @@ class DelayScheduler:
         if last < self.next_frame:
             return torch.zeros(self.n_q, 0, dtype=torch.long)
         window = torch.stack(self.columns[self.next_frame : last + self.n_q], dim=1)
-        frames = revert(window).clamp(0, self.codebook_size - 1)
+        frames = revert(window).clamp(0, self.ids.codebook_size - 1)
         self.next_frame = last + 1
         return frames

@@ -8,7 +8,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from higgslab import delay
 
-B, E = delay.BOS_ID, delay.EOS_ID
+IDS = delay.StreamIds.after_codes(1024)  # the real checkpoint's
+B, E = IDS.bos, IDS.eos
 
 
 def picture(rows: list[str]) -> torch.Tensor:
@@ -21,7 +22,7 @@ def picture(rows: list[str]) -> torch.Tensor:
 @pytest.mark.parametrize("n_q,T", list(itertools.product(range(1, 6), range(0, 7))))
 def test_round_trip_every_small_size(n_q, T):
     codes = torch.randint(0, 1024, (n_q, T))
-    delayed = delay.apply(codes)
+    delayed = delay.apply(codes, IDS)
     assert delayed.shape == (n_q, T + n_q - 1)
     assert torch.equal(delay.revert(delayed), codes)
     for k in range(n_q):  # staircase: k bos before, n_q-1-k eos after
@@ -31,7 +32,7 @@ def test_round_trip_every_small_size(n_q, T):
 
 def test_apply_matches_the_documented_picture():
     codes = torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]])
-    assert delay.apply(codes).tolist() == [
+    assert delay.apply(codes, IDS).tolist() == [
         [1, 2, E, E, E],
         [B, 3, 4, E, E],
         [B, B, 5, 6, E],
@@ -41,26 +42,26 @@ def test_apply_matches_the_documented_picture():
 
 def test_batched_apply_and_revert_equal_per_row():
     codes = torch.randint(0, 1024, (3, 8, 5))
-    delayed = delay.apply(codes)
-    assert torch.equal(delayed, torch.stack([delay.apply(c) for c in codes]))
+    delayed = delay.apply(codes, IDS)
+    assert torch.equal(delayed, torch.stack([delay.apply(c, IDS) for c in codes]))
     assert torch.equal(delay.revert(delayed), codes)
 
 
 def test_encode_segment_is_bos_frame_codes_eos_frame_delayed():
     codes = torch.randint(0, 1024, (8, 4))
-    seg = delay.encode_segment(codes)
+    seg = delay.encode_segment(codes, IDS)
     assert seg.shape == (8, 4 + 9)
     assert torch.equal(delay.revert(seg), torch.cat([torch.full((8, 1), B), codes, torch.full((8, 1), E)], 1))
     assert seg[:, 0].eq(B).all() and seg[:, -1].eq(E).all()
 
 
 # ---- force: opening -----------------------------------------------------------------------------------------
-def run(sampled: torch.Tensor, n_q: int = 8):
+def run(sampled: torch.Tensor):
     """Feed sampled columns `[S, B, n_q]` through `force` → emitted columns `[S, B, n_q]` and the states."""
-    state = delay.init_state(sampled.shape[1], n_q)
+    state = delay.init_state(sampled.shape[1])
     out, states = [], []
     for column in sampled:
-        column, state = delay.force(column, state)
+        column, state = delay.force(column, state, IDS)
         out.append(column)
         states.append(state)
     return torch.stack(out), states
@@ -131,7 +132,7 @@ def test_codebook_0_eos_at_the_very_first_step_gives_zero_frames():
     )
     assert bool(states[7].done) and not bool(states[6].done)
     columns = torch.cat([torch.full((1, 8), B), out[:8, 0]]).T
-    assert delay.finished_frames(columns).shape == (8, 0)
+    assert delay.finished_frames(columns, IDS).shape == (8, 0)
 
 
 def test_rows_of_a_batch_close_independently():
@@ -170,7 +171,7 @@ def reference_force(sampled: list[list[int]], n_q: int) -> list[list[int]]:
 def test_force_matches_a_transcription_of_the_original_on_random_streams(n_q):
     gen = torch.Generator().manual_seed(n_q)
     sampled = torch.randint(1020, 1026, (30, 16, n_q), generator=gen)  # bos/eos drawn often
-    out, _ = run(sampled, n_q)
+    out, _ = run(sampled)
     for b in range(16):
         assert out[:, b].tolist() == reference_force(sampled[:, b].tolist(), n_q), b
 
@@ -204,8 +205,8 @@ def test_force_is_capturable_without_host_sync():
     state = delay.init_state(2)
     column = torch.full((2, 8), E)
     for _ in range(9):  # through opening, closing and done
-        assert host_sync_ops(delay.force, column, state) == set()
-        column, state = delay.force(column, state)
+        assert host_sync_ops(delay.force, column, state, IDS) == set()
+        column, state = delay.force(column, state, IDS)
     assert bool(state.done.all())
 
     def syncs(column, state):  # the check can fail
@@ -224,10 +225,10 @@ def generate(sampled: torch.Tensor, with_end: bool = False):
 
 def test_max_length_keeps_every_complete_frame():
     codes = torch.randint(0, 1024, (8, 40))
-    sampled = delay.apply(codes)[:, 1:].T  # the model reproducing `codes` exactly, no eos
+    sampled = delay.apply(codes, IDS)[:, 1:].T  # the model reproducing `codes` exactly, no eos
     for steps in (7, 8, 9, 20):
         columns = generate(sampled[:steps])
-        frames = delay.finished_frames(columns)
+        frames = delay.finished_frames(columns, IDS)
         assert frames.shape == (8, max(steps - 7, 0))  # N steps after bos → N - (n_q - 1)
         assert torch.equal(frames, codes[:, 1 : 1 + frames.shape[1]])
 
@@ -241,8 +242,8 @@ def test_at_eos_the_partial_frame_is_dropped_as_the_original_does(j):
     assert end == 13 - j  # closing column 13 (12 sampled + the bos column), lowest codebook j
     stop = 13 + 7 - j + 1  # columns up to the row's last one; the rest are all-eos
     original = delay.revert(columns[:, :stop])[:, 1:-1].clamp(0, 1023)
-    assert torch.equal(delay.finished_frames(columns, end_frame=end), original)
-    assert torch.equal(delay.finished_frames(columns), original)  # inferred from the columns alone
+    assert torch.equal(delay.finished_frames(columns, IDS, end_frame=end), original)
+    assert torch.equal(delay.finished_frames(columns, IDS), original)  # inferred from the columns alone
     assert original.shape[1] == 12 - j
 
 
@@ -250,10 +251,12 @@ def test_adjacent_eos_in_the_closing_column_only_inference_drops_more():
     sampled = torch.randint(0, 1024, (30, 8))
     sampled[12, 2] = sampled[12, 3] = E  # j = 2, and codebook 3 sampled eos as well
     columns, end = generate(sampled, with_end=True)
-    assert end == 11 and delay.inferred_end_frame(columns) == 10
-    assert delay.finished_frames(columns, end_frame=end).shape[1] == 10  # the original's [1:-1]
-    assert delay.finished_frames(columns).shape[1] == 9  # frame 10 holds codebook 3's eos
-    assert delay.num_finished_frames(torch.stack([columns, columns]), torch.tensor([end, -1])).tolist() == [
+    assert end == 11 and delay.inferred_end_frame(columns, IDS) == 10
+    assert delay.finished_frames(columns, IDS, end_frame=end).shape[1] == 10  # the original's [1:-1]
+    assert delay.finished_frames(columns, IDS).shape[1] == 9  # frame 10 holds codebook 3's eos
+    assert delay.num_finished_frames(
+        torch.stack([columns, columns]), IDS, torch.tensor([end, -1])
+    ).tolist() == [
         10,
         23,
     ]
@@ -262,7 +265,7 @@ def test_adjacent_eos_in_the_closing_column_only_inference_drops_more():
 def test_stream_tokens_inside_kept_frames_are_clipped():
     columns = generate(torch.full((12, 8), 5))
     columns[2, 4] = B  # an open codebook may sample bos: codebook 2 of frame 2
-    frames = delay.finished_frames(columns)
+    frames = delay.finished_frames(columns, IDS)
     assert frames.shape == (8, 5) and frames[2, 1] == 1023
     assert frames.sum() == 5 * (8 * 5 - 1) + 1023
 
@@ -275,19 +278,19 @@ def test_scheduler_yields_exactly_the_finished_frames(eos_at):
     if eos_at is not None:
         sampled[eos_at, eos_at % 8] = E
     columns = generate(sampled)
-    scheduler = delay.DelayScheduler(8)
+    scheduler = delay.DelayScheduler(8, IDS)
     pieces = []
     for c in range(columns.shape[1]):
         frames = scheduler.push(columns[:, c])
         pieces.append(frames)
         # a frame comes out exactly when its last codebook (column f + n_q - 1) has arrived
         assert frames.shape[1] <= 1
-    assert torch.equal(torch.cat(pieces, 1), delay.finished_frames(columns))
+    assert torch.equal(torch.cat(pieces, 1), delay.finished_frames(columns, IDS))
     assert scheduler.finished == (eos_at is not None)
 
 
 def test_scheduler_reports_open_and_closed_codebooks():
-    scheduler = delay.DelayScheduler(8)
+    scheduler = delay.DelayScheduler(8, IDS)
     scheduler.push(torch.full((8,), B))
     assert not scheduler.open.any()
     for column in picture(["5BBBBBBB", "55BBBBBB", "555BBBBB", "E55BBBBB"]):

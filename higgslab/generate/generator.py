@@ -137,8 +137,7 @@ class Generator:
             scene=scene,
             references=references,
             n_q=self.config.num_codebooks,
-            stream_bos_id=self.config.stream_bos_id,
-            stream_eos_id=self.config.stream_eos_id,
+            stream_ids=self.config.stream_ids,
         )
 
     def _reference_codes(self, ref_audio) -> torch.Tensor:
@@ -233,6 +232,7 @@ class Generator:
             codes=codes,
             columns=torch.cat([r.columns for r in results], dim=1),
             finished=all(r.finished for r in results),
+            stream_ids=results[0].stream_ids,
             sample_rate=results[0].sample_rate,
             audio=audio,
             seed=seed,
@@ -398,14 +398,14 @@ class Generator:
         columns = torch.empty(B, max_new_tokens, n_q, dtype=torch.long, device=dev)
         column = torch.full((B, n_q), c.stream_bos_id, dtype=torch.long, device=dev)
         columns[:, 0] = column
-        state = delay.init_state(B, n_q, device=dev)
+        state = delay.init_state(B, device=dev)
         step_fn = self._step_fn(settings)
         # temperature 0 is greedy whatever the seed: RAS (a random redraw) only runs when sampling
         history = None
         if settings.ras_window and settings.temperature > 0:
             history = torch.full((B, settings.ras_window, n_q), -1, dtype=torch.long, device=dev)
             history[:, -1] = column
-        scheduler = delay.DelayScheduler(n_q, c.codebook_size) if stream else None
+        scheduler = delay.DelayScheduler(n_q, c.stream_ids) if stream else None
         # each step's random draws are made before it: a compiled step cannot draw from `self._rng`
         noise_shape = (B, n_q, c.codebook_entries)
         n_draws = sampling.draws(settings.temperature, ras=history is not None)
@@ -459,12 +459,13 @@ class Generator:
         done, end_frame = state.done.cpu(), state.end_frame.cpu()
         rate = self.audio_tokenizer.sample_rate if self.audio_tokenizer is not None else 24000
         for b in range(B):
-            frames = delay.finished_frames(cols[b].T, c.codebook_size, end_frame=end_frame[b])
+            frames = delay.finished_frames(cols[b].T, c.stream_ids, end_frame=end_frame[b])
             results.append(
                 GenerationResult(
                     codes=frames,
                     columns=cols[b].T,
                     finished=bool(done[b]),
+                    stream_ids=c.stream_ids,
                     sample_rate=rate,
                     seed=seed,
                     stats=dataclasses.replace(stats, frames=frames.shape[1]),
@@ -481,7 +482,7 @@ class Generator:
         key = (settings.temperature, settings.top_k, settings.top_p, settings.ras_max_repeat, scale, self.compile)  # fmt: skip
         if key in self._steps:
             return self._steps[key]
-        model = self.model
+        model, stream_ids = self.model, self.config.stream_ids
 
         def step(column, history, state, cache, noise):
             if scale == 1:
@@ -498,7 +499,7 @@ class Generator:
                 ras_max_repeat=settings.ras_max_repeat,
                 noise=noise,
             )
-            column, state = delay.force(sampled, state)
+            column, state = delay.force(sampled, state, stream_ids)
             if history is not None:
                 history = torch.cat([history[:, 1:], column[:, None]], dim=1)
             return column, history, state

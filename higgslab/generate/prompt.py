@@ -101,13 +101,14 @@ def build_prompt(
     text: str,
     scene: str | None = None,
     references: Sequence[tuple[str, torch.Tensor]] = (),
-    n_q: int = 8,
-    stream_bos_id: int = delay.BOS_ID,
-    stream_eos_id: int = delay.EOS_ID,
+    *,
+    n_q: int,
+    stream_ids: delay.StreamIds,
 ) -> Prompt:
     """Tokenize the §5 prompt for `text` with the checkpoint's own tokenizer (a transformers tokenizer).
 
     references: (transcript, codes `[n_q, N]`) per voice reference or previous long-form chunk, in order.
+    `n_q` and `stream_ids` are the LM's (`config.num_codebooks`, `config.stream_ids`).
     Multi-speaker `[SPEAKER0]` tags are plain text. Empty text → `HiggsLabError`.
     """
     _check_text(text, "text")
@@ -119,7 +120,7 @@ def build_prompt(
         _check_text(ref_text, f"reference {i} transcript")
         if codes.dim() != 2 or codes.shape[0] != n_q:
             raise HiggsLabError(f"reference {i} codes must be [n_q={n_q}, N], got {list(codes.shape)}")
-        segments.append(delay.encode_segment(codes.long().cpu(), stream_bos_id, stream_eos_id))
+        segments.append(delay.encode_segment(codes.long().cpu(), stream_ids))
     rendered = render(
         text.strip(), scene, [(r[0].strip(), s.shape[1]) for r, s in zip(references, segments, strict=True)]
     )

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from higgslab.config import StreamIds
+
 
 @dataclass
 class GenerationStats:
@@ -31,6 +33,7 @@ class GenerationResult:
     codes: torch.Tensor  # [n_q, F], delay reverted, stream tokens removed, values in [0, codebook_size)
     columns: torch.Tensor  # [n_q, steps] the delayed columns as generated (stream bos/eos included)
     finished: bool  # every codebook emitted stream-eos before max_new_tokens
+    stream_ids: StreamIds  # the model's stream bos/eos ids in `columns` (`HiggsConfig.stream_ids`)
     sample_rate: int = 24000
     audio: np.ndarray | None = None  # float32 [samples] when an audio tokenizer is attached
     seed: int | None = None

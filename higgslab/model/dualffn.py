@@ -6,7 +6,8 @@
        /    /    |     \\     \\    \\               audio-only attention: `audio_self_attention`)
     text FFN  ...  audio FFN  ...  text FFN       each position through its own norm + SwiGLU
 
-Built from transformers' Llama pieces (attention, RMSNorm, MLP). Three kinds of layer (original code):
+Built from transformers' Llama pieces (attention, RMSNorm, MLP). Three kinds of layer (original code), set
+only by the config (`HiggsConfig.layer_kind`: `audio_adapter_type` and `audio_dual_ffn_layers`):
 - `dual_ffn`: as drawn above.
 - `fast_forward`: audio positions skip the layer (their hidden state passes through unchanged) and
   text positions do not attend to them.
@@ -19,6 +20,9 @@ runs it, and scatters it back (`index_select`/`index_copy`), never boolean-mask 
 Research switches, no model edits needed:
 - `layer.audio_ffn = "audio" | "text" | "skip"`: audio positions use their own FFN (default), the text
   norm + FFN, or no FFN at all.
+- `model.config.dual_ffn_layers` / `adapter_type`: a layer's kind is read from the model's config on every
+  forward, so editing them turns a DualFFN layer into a fast-forward or plain Llama one (a layer built
+  without an audio FFN cannot become a DualFFN one).
 - forward hooks on `layer.mlp` / `layer.audio_mlp` see exactly the text / audio positions' FFN outputs
   (`[N_text, D]` / `[N_audio, D]` in a mixed batch, `[B, T, D]` in a pure one).
 """
@@ -148,10 +152,10 @@ class AttentionMasks:
 class DualFFNLayer(nn.Module):
     """One decoder layer of kind `dual_ffn`, `fast_forward` or `llama` (module names = checkpoint keys)."""
 
-    def __init__(self, config: HiggsConfig, layer_idx: int, attn_slot: int, kind: LayerKind | None = None):
+    def __init__(self, config: HiggsConfig, layer_idx: int, attn_slot: int):
         super().__init__()
         llama = config.to_llama_config()
-        self.kind: LayerKind = kind or config.layer_kind(layer_idx)
+        self.config = config  # the model's: `kind` is read from it, never stored here
         self.layer_idx = layer_idx
         self.self_attn = LlamaAttention(llama, layer_idx=attn_slot)
         self.mlp = LlamaMLP(llama)
@@ -168,6 +172,11 @@ class DualFFNLayer(nn.Module):
             # the original numbers this attention's cache slot right after the shared one
             self.audio_attn = LlamaAttention(llama, layer_idx=attn_slot + 1)
             self.audio_post_audio_attn_layer_norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    @property
+    def kind(self) -> LayerKind:
+        """What this layer does with audio positions: `config.layer_kind(layer_idx)` (set it there)."""
+        return self.config.layer_kind(self.layer_idx)
 
     def _apply(self, fn, recurse=True):
         # casting or moving gives the weights new storage: the fused matrices would be stale copies
@@ -200,10 +209,11 @@ class DualFFNLayer(nn.Module):
     ) -> torch.Tensor:
         """`h` `[B, T, D]` → `[B, T, D]`; `rope` = (cos, sin) `[B, T, head_dim]`; `cache` duck-types
         transformers' `Cache.update(key, value, layer_idx)`."""
-        if self.kind == "fast_forward":
+        kind = self.kind
+        if kind == "fast_forward":
             # audio positions skip the layer; on a pure-audio step nothing else is there
             return h if route.mode == "audio" else self._plain(h, route, rope, masks, cache)
-        if self.kind == "llama" or route.mode == "text":
+        if kind == "llama" or route.mode == "text":
             return self._plain(h, route, rope, masks, cache)
 
         in_norm, post_norm, ffn = self._audio_path()
@@ -240,9 +250,10 @@ class DualFFNLayer(nn.Module):
         that share a key/value head folded into the query length (no key/value repeat), the cache
         written in place. `rope` = (cos, sin) `[B, head_dim]`.
         """
-        if self.kind == "fast_forward":
+        kind = self.kind
+        if kind == "fast_forward":
             return h
-        if self.has_audio_attn or self.audio_ffn != "audio" or self.kind == "llama":
+        if self.has_audio_attn or self.audio_ffn != "audio" or kind == "llama":
             masks = AttentionMasks(shared=mask, audio_only=audio_mask)
             cos, sin = (t[:, None] for t in rope)
             return self.forward(h[:, None], Route.audio(), (cos, sin), masks, cache)[:, 0]

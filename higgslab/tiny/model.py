@@ -25,10 +25,17 @@ REAL_ROPE = {
 
 
 def tiny_hf_config(
-    hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2, intermediate: int = 64
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 64,
+    codebooks: int = 8,
+    codebook_size: int = 1024,
 ):
     """A transformers `HiggsAudioV2Config` with real token ids and rope, tiny widths (FORMATS.md §9 traps
-    handled: codebook_size 1026, head_dim = hidden // heads)."""
+    handled: codebook_size counts the two stream tokens, head_dim = hidden // heads). `codebooks` ×
+    `codebook_size` real codes, the stream ids right after them (the real 8 × 1024 by default)."""
     from transformers import HiggsAudioV2Config
 
     return HiggsAudioV2Config(
@@ -38,7 +45,10 @@ def tiny_hf_config(
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=hidden // heads,
-        codebook_size=1026,
+        num_codebooks=codebooks,
+        codebook_size=codebook_size + 2,
+        audio_stream_bos_id=codebook_size,
+        audio_stream_eos_id=codebook_size + 1,
         max_position_embeddings=131072,
         rope_parameters=dict(REAL_ROPE),
     )

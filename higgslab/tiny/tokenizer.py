@@ -70,12 +70,13 @@ def training_only_tensors(cfg: CodecConfig, fmt: str, generator: torch.Generator
     return {to_disk(k, rules): v for k, v in out.items()}
 
 
-def write_tiny_tokenizer(directory: str | Path, fmt: str = "original", seed: int = 0) -> Path:
+def write_tiny_tokenizer(directory: str | Path, fmt: str = "original", seed: int = 0, **overrides) -> Path:
     """Write a tiny random tokenizer to `directory` as config.json + model.pth ('original', weight-normalised DAC
     convs) or config.json + model.safetensors ('transformers'), with random training-only tensors beside the
-    ones inference uses, as a real checkpoint has them. Returns the directory."""
+    ones inference uses, as a real checkpoint has them. `overrides` change `tiny_config` (e.g. `n_q=4`,
+    `bins=512`). Returns the directory."""
     from higgslab.io.codec_format import write_codec
 
-    codec = tiny_codec(seed)
+    codec = tiny_codec(seed, **overrides)
     extra = training_only_tensors(codec.cfg, fmt, torch.Generator().manual_seed(seed))
     return write_codec(codec, directory, fmt, extra)

@@ -4,6 +4,9 @@
     codes = tok.encode(wav, 44100)      # LongTensor [8, T]; T = frames at 25/s
     audio = tok.decode(codes, k=4)      # float32 [T·960] at 24 kHz, from the first 4 codebooks only
 
+Rates, hops and codebook counts are the checkpoint's (`tok.sample_rate`, 24 kHz for the real one): input
+audio is resampled to the tokenizer's own rate.
+
 Lengths follow the ORIGINAL Boson code (320-sample padding when acoustic and semantic frame counts differ,
 FORMATS.md §3), not transformers' 480, because the real weights were trained with it.
 """
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 
 from higgslab.errors import HiggsLabError
-from higgslab.io.audio import to_mono_24k
+from higgslab.io.audio import check_rate, resample_soxr, to_mono
 from higgslab.tokenizer.model import HiggsAudioCodec
 from higgslab.tokenizer.quantizer import RVQTrace
 
@@ -68,12 +71,14 @@ class AudioTokenizer:
 
     # ---- audio -> codes
     def prepare(self, wav: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
-        """Audio `[samples]`, `[channels, samples]` or a batch `[B, channels, samples]` -> `[B, 1, L]` at 24 kHz."""
+        """Audio `[samples]`, `[channels, samples]` or a batch `[B, channels, samples]` at `sample_rate` ->
+        mono `[B, 1, L]` at the tokenizer's own `self.sample_rate`."""
         if isinstance(wav, torch.Tensor):
             wav = wav.detach().cpu().numpy()
         wav = np.asarray(wav)
         clips = list(wav) if wav.ndim == 3 else [wav]
-        mono = [to_mono_24k(clip, sample_rate) for clip in clips]
+        rate = check_rate(sample_rate)
+        mono = [resample_soxr(to_mono(clip), rate, self.sample_rate) for clip in clips]
         if mono[0].shape[0] < self.hop_length:
             raise HiggsLabError(
                 f"audio is {mono[0].shape[0]} samples at {self.sample_rate} Hz; need at least {self.hop_length} (one frame)"
@@ -81,9 +86,10 @@ class AudioTokenizer:
         return torch.from_numpy(np.stack(mono))[:, None].to(self.device)
 
     @torch.no_grad()
-    def encode(self, wav: np.ndarray | torch.Tensor, sample_rate: int = 24000) -> torch.Tensor:
-        """Audio (see `prepare`) -> codes LongTensor `[n_q, T]`, or `[B, n_q, T]` for a 3-D batch input."""
-        x = self.prepare(wav, sample_rate)
+    def encode(self, wav: np.ndarray | torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
+        """Audio (see `prepare`; `sample_rate` defaults to the tokenizer's) -> codes LongTensor `[n_q, T]`, or
+        `[B, n_q, T]` for a 3-D batch input."""
+        x = self.prepare(wav, self.sample_rate if sample_rate is None else sample_rate)
         codes = self.model.encode(x).cpu()
         return codes if np.ndim(wav) == 3 else codes[0]
 
@@ -95,9 +101,10 @@ class AudioTokenizer:
         return self.encode(audio, rate)
 
     @torch.no_grad()
-    def trace(self, wav: np.ndarray | torch.Tensor, sample_rate: int = 24000) -> RVQTrace:
+    def trace(self, wav: np.ndarray | torch.Tensor, sample_rate: int | None = None) -> RVQTrace:
         """The quantizer's view of one clip: per-level residuals, chosen-codeword distances, running reconstruction."""
-        return self.model.quantizer.trace(self.model.latent(self.prepare(wav, sample_rate)))
+        x = self.prepare(wav, self.sample_rate if sample_rate is None else sample_rate)
+        return self.model.quantizer.trace(self.model.latent(x))
 
     # ---- codes -> audio
     def check_codes(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -126,8 +133,8 @@ class AudioTokenizer:
 
     @torch.no_grad()
     def decode(self, codes: np.ndarray | torch.Tensor, k: int | None = None) -> np.ndarray:
-        """Codes `[n_q, T]` -> float32 audio `[T·960]` at 24 kHz (`[B, n_q, T]` -> `[B, T·960]`), using the first
-        `k` codebooks only (default: all)."""
+        """Codes `[n_q, T]` -> float32 audio `[T·hop]` at `self.sample_rate` (`[B, n_q, T]` -> `[B, T·hop]`),
+        using the first `k` codebooks only (default: all)."""
         batch = self.check_codes(codes)
         wav = self.model.decode(batch, self.check_k(k))[:, 0].float().cpu().numpy()
         return wav if torch.as_tensor(codes).dim() == 3 else wav[0]

@@ -86,15 +86,12 @@ def quality_vs_codebooks(
 ) -> list[dict]:
     """Reconstruction quality from the first k codebooks, k = 1..n_q, averaged over clips.
 
-    clips: `(audio, sample_rate)` pairs or 24 kHz arrays. Returns one row per k:
+    clips: `(audio, sample_rate)` pairs or arrays at the tokenizer's rate. Returns one row per k:
     `{"k", "bitrate", "log_mel_distance", "si_sdr"}` (the reference is the clip as the tokenizer saw it:
-    mono at 24 kHz).
+    mono at its `sample_rate`).
     """
-    from higgslab.io.audio import to_mono_24k
-
-    prepared = [
-        to_mono_24k(*c) if isinstance(c, tuple) else to_mono_24k(c, tokenizer.sample_rate) for c in clips
-    ]
+    inputs = [c if isinstance(c, tuple) else (c, tokenizer.sample_rate) for c in clips]
+    prepared = [tokenizer.prepare(wav, rate)[0, 0].cpu().numpy() for wav, rate in inputs]
     codes = [tokenizer.encode(wav, tokenizer.sample_rate) for wav in prepared]
     rows = []
     for k in range(1, tokenizer.num_codebooks + 1):
@@ -103,7 +100,9 @@ def quality_vs_codebooks(
             {
                 "k": k,
                 "bitrate": tokenizer.bitrate * k / tokenizer.num_codebooks,
-                "log_mel_distance": float(np.mean([log_mel_distance(w, d) for w, d in pairs])),
+                "log_mel_distance": float(
+                    np.mean([log_mel_distance(w, d, tokenizer.sample_rate) for w, d in pairs])
+                ),
                 "si_sdr": float(np.mean([si_sdr(w, d) for w, d in pairs])),
             }
         )

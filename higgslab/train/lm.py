@@ -104,9 +104,8 @@ class Example:
 def make_example(text_tokenizer, config: HiggsConfig, text: str, codes: torch.Tensor) -> Example:
     from higgslab.generate.prompt import build_prompt
 
-    prompt = build_prompt(text_tokenizer, text, n_q=config.num_codebooks, stream_bos_id=config.stream_bos_id,
-                          stream_eos_id=config.stream_eos_id)  # fmt: skip
-    columns = delay.encode_segment(codes, config.stream_bos_id, config.stream_eos_id)
+    prompt = build_prompt(text_tokenizer, text, n_q=config.num_codebooks, stream_ids=config.stream_ids)
+    columns = delay.encode_segment(codes, config.stream_ids)
     audio = torch.full((columns.shape[1],), config.audio_out_token_id, dtype=torch.long)
     return Example(torch.cat([prompt.input_ids, audio]), columns, len(prompt.input_ids), prompt.text_span)
 
@@ -183,6 +182,7 @@ def train_lm(cfg: DictConfig) -> Path:
     """Run stage 2 as configured; returns the exported model directory."""
     from transformers import AutoTokenizer
 
+    from higgslab.io.load import load_tokenizer
     from higgslab.model.lm import HiggsAudioModel
     from higgslab.train.loop import run_training
     from higgslab.train.text import write_text_tokenizer
@@ -195,7 +195,8 @@ def train_lm(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.run_dir) / m.name
     run_dir.mkdir(parents=True, exist_ok=True)
     codes = encode_corpus(audio_tok, train + valid, Path(cfg.run_dir) / "codes.pt")
-    n_q, bins = next(iter(codes.values())).shape[0], int(m.codebook_size)
+    tokenizer = load_tokenizer(audio_tok)  # the LM's codebooks are its tokenizer's: no setting of their own
+    n_q, bins = tokenizer.num_codebooks, tokenizer.codebook_size
 
     text_dir = run_dir / "text"
     text_ids = write_text_tokenizer(text_dir, [c.text for c in train], m.bpe_merges)

@@ -17,18 +17,21 @@ from higgslab import delay
 BOS_COLOR, EOS_COLOR = "#d9d9d9", "#d62728"
 
 
-def frames_at_step(columns: torch.Tensor, step: int, codebook_size: int = 1024) -> torch.Tensor:
-    """The complete frames `[n_q, F]` once the first `step` columns (the all-bos column included) exist."""
+def frames_at_step(columns: torch.Tensor, step: int, ids: delay.StreamIds) -> torch.Tensor:
+    """The complete frames `[n_q, F]` once the first `step` columns (the all-bos column included) exist;
+    `ids`: the model's stream ids (`GenerationResult.stream_ids`)."""
     step = max(0, min(step, columns.shape[1]))
     if step < columns.shape[0]:  # fewer columns than codebooks: nothing can be complete
         return columns.new_zeros((columns.shape[0], 0))
-    return delay.finished_frames(columns[:, :step], codebook_size)
+    return delay.finished_frames(columns[:, :step], ids)
 
 
-def _draw_grid(ax, grid: np.ndarray, codebook_size: int) -> None:
-    real = np.ma.masked_where(grid >= codebook_size, grid)
-    ax.imshow(real, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=codebook_size - 1)
-    for token, color in ((codebook_size, BOS_COLOR), (codebook_size + 1, EOS_COLOR)):
+def _draw_grid(ax, grid: np.ndarray, ids: delay.StreamIds) -> None:
+    real = np.ma.masked_where(grid >= ids.codebook_size, grid)
+    ax.imshow(
+        real, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=ids.codebook_size - 1
+    )
+    for token, color in ((ids.bos, BOS_COLOR), (ids.eos, EOS_COLOR)):
         ax.imshow(
             np.ma.masked_where(grid != token, grid),
             aspect="auto",
@@ -37,18 +40,18 @@ def _draw_grid(ax, grid: np.ndarray, codebook_size: int) -> None:
         )
 
 
-def plot_token_stream(columns: torch.Tensor, step: int | None = None, codebook_size: int = 1024) -> Figure:
-    """`columns` `[n_q, S]` as generated (column 0 all stream-bos); show the first `step` of them (default
-    all) and, beside them, the reverted complete frames."""
+def plot_token_stream(columns: torch.Tensor, ids: delay.StreamIds, step: int | None = None) -> Figure:
+    """`columns` `[n_q, S]` as generated (column 0 all stream-bos; `ids` the model's stream ids); show the
+    first `step` of them (default all) and, beside them, the reverted complete frames."""
     columns = torch.as_tensor(columns)
     n_q, S = columns.shape
     step = S if step is None else max(0, min(step, S))
-    frames = frames_at_step(columns, step, codebook_size)
+    frames = frames_at_step(columns, step, ids)
     grid = np.full((n_q, S), -1, dtype=np.int64)
     grid[:, :step] = columns[:, :step].numpy()
     fig = Figure(figsize=(12, 3.4), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=(3, 2))
-    _draw_grid(left, np.ma.masked_less(grid, 0), codebook_size)
+    _draw_grid(left, np.ma.masked_less(grid, 0), ids)
     left.set(
         xlim=(-0.5, S - 0.5),
         xlabel="LM step (column)",
@@ -63,6 +66,6 @@ def plot_token_stream(columns: torch.Tensor, step: int | None = None, codebook_s
     total = max(S - n_q, 1)
     shown = np.full((n_q, total), -1, dtype=np.int64)
     shown[:, : frames.shape[1]] = frames.numpy()[:, :total]
-    _draw_grid(right, np.ma.masked_less(shown, 0), codebook_size)
+    _draw_grid(right, np.ma.masked_less(shown, 0), ids)
     right.set(xlim=(-0.5, total - 0.5), xlabel="frame", title=f"reverted frames: {frames.shape[1]} complete")
     return fig

@@ -7,7 +7,6 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 
-from higgslab.io.audio import to_mono_24k
 from higgslab.viz import plot_codes, png
 from higgslab.widgets.spectrogram_compare import SpectrogramCompare
 
@@ -22,7 +21,7 @@ class CodebookExplorer(widgets.VBox):
     ):
         self.tokenizer = tokenizer
         rate = tokenizer.sample_rate
-        original = to_mono_24k(np.asarray(audio, dtype=np.float32), sample_rate)
+        original = tokenizer.prepare(np.asarray(audio, dtype=np.float32), sample_rate)[0, 0].cpu().numpy()
         self.codes = tokenizer.encode(original, rate) if codes is None else torch.as_tensor(codes)
         n_q = self.codes.shape[0]
         self.codes_image = widgets.Image(

@@ -34,8 +34,9 @@ class StubClip:
 def good_clip(seed: int = 0, frames: int = 50) -> StubClip:
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 1024, (8, frames), generator=g)
-    bos = torch.full((8, 1), delay.BOS_ID)
-    columns = torch.cat([bos, delay.apply(torch.cat([bos, codes, torch.full((8, 1), delay.EOS_ID)], 1))], 1)
+    ids = delay.StreamIds.after_codes(1024)
+    bos = torch.full((8, 1), ids.bos)
+    columns = torch.cat([bos, delay.apply(torch.cat([bos, codes, torch.full((8, 1), ids.eos)], 1), ids)], 1)
     steps = columns.shape[1]
     stats = SimpleNamespace(
         prompt_tokens=10,

@@ -25,7 +25,7 @@ def reference_codes(oracle, prompt, steps):
     columns = oracle.generate(input_ids=prompt[None], max_new_tokens=steps, do_sample=False)[
         0
     ].T  # [n_q, steps]
-    return delay.finished_frames(columns, 1024), columns
+    return delay.finished_frames(columns, delay.StreamIds.after_codes(1024)), columns
 
 
 @pytest.fixture(scope="module")

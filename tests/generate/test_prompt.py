@@ -6,8 +6,15 @@ from transformers import AutoTokenizer
 
 from higgslab import delay
 from higgslab.errors import HiggsLabError
-from higgslab.generate.prompt import build_prompt, split_text, text_span
+from higgslab.generate import prompt
+from higgslab.generate.prompt import split_text, text_span
 from higgslab.tiny.text import write_tiny_text_tokenizer
+
+IDS = delay.StreamIds.after_codes(1024)  # the real checkpoint's geometry
+
+
+def build_prompt(tokenizer, text, **kw):
+    return prompt.build_prompt(tokenizer, text, n_q=8, stream_ids=IDS, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +74,9 @@ def test_reference_turns_carry_one_placeholder_per_delayed_column(tokenizer):
     a, b = torch.randint(0, 1024, (8, 5)), torch.randint(0, 1024, (8, 3))
     p = build_prompt(tokenizer, "[SPEAKER0] Go. [SPEAKER1] Now.", references=[("First.", a), ("Second.", b)])
     assert p.audio_codes.shape == (8, 5 + 9 + 3 + 9)
-    assert torch.equal(p.audio_codes, torch.cat([delay.encode_segment(a), delay.encode_segment(b)], 1))
+    assert torch.equal(
+        p.audio_codes, torch.cat([delay.encode_segment(a, IDS), delay.encode_segment(b, IDS)], 1)
+    )
     assert int((p.input_ids == 128016).sum()) == 26
     expected = (
         "<|begin_of_text|>"  # references and no scene: no system turn, as the official example

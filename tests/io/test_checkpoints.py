@@ -134,3 +134,83 @@ def test_configs_read_real_files_and_rope():
     assert plain.layer_kind(1) == "llama"
     with pytest.raises(higgslab.HiggsLabError, match="the transformers format holds only"):
         partial.to_transformers_dict()
+
+
+# every key of the real files that sets a shape, an id or a number the forward pass uses
+ORIGINAL_REQUIRED = [
+    "audio_adapter_type", "audio_dual_ffn_layers", "use_audio_out_self_attention", "audio_num_codebooks",
+    "audio_codebook_size", "audio_stream_bos_id", "audio_stream_eos_id", "pad_token_id", "audio_eos_token_id",
+    "audio_out_bos_token_id", "audio_in_token_idx", "audio_out_token_idx",
+    "text_config.vocab_size", "text_config.hidden_size", "text_config.intermediate_size",
+    "text_config.num_hidden_layers", "text_config.num_attention_heads", "text_config.num_key_value_heads",
+    "text_config.head_dim", "text_config.rms_norm_eps", "text_config.max_position_embeddings",
+    "text_config.rope_theta", "text_config.bos_token_id",
+]  # fmt: skip
+TRANSFORMERS_REQUIRED = [
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "rms_norm_eps", "max_position_embeddings", "num_codebooks",
+    "codebook_size", "audio_stream_bos_id", "audio_stream_eos_id", "pad_token_id", "audio_token_id",
+    "audio_bos_token_id", "audio_delay_token_id",
+]  # fmt: skip
+
+
+def without(d: dict, dotted: str) -> dict:
+    d = json.loads(json.dumps(d))
+    *parents, key = dotted.split(".")
+    inner = d
+    for p in parents:
+        inner = inner[p]
+    del inner[key]
+    return d
+
+
+@pytest.mark.parametrize(
+    "fmt, key",
+    [("original", k) for k in ORIGINAL_REQUIRED] + [("transformers", k) for k in TRANSFORMERS_REQUIRED],
+)
+def test_a_missing_shape_or_id_key_is_one_line_naming_it(tmp_path, fmt, key):
+    real = HiggsConfig.from_file(REAL_CONFIG)
+    d = real.raw if fmt == "original" else real.to_transformers_dict()
+    assert HiggsConfig.from_dict(d) == real  # the full file reads
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(without(d, key)))
+    with pytest.raises(higgslab.HiggsLabError) as e:
+        HiggsConfig.from_file(path)
+    assert str(e.value) == f"{path}: missing key '{key}'"
+
+
+def test_optional_keys_take_their_documented_defaults():
+    real = json.loads(REAL_CONFIG.read_text())
+    bare = real
+    for key in ("text_config.attention_bias", "text_config.mlp_bias", "text_config.hidden_act",
+                "text_config.tie_word_embeddings", "text_config.rope_scaling", "audio_ffn_hidden_size",
+                "audio_ffn_intermediate_size"):  # fmt: skip
+        bare = without(bare, key)
+    cfg = HiggsConfig.from_dict(bare)
+    assert (cfg.attention_bias, cfg.mlp_bias, cfg.hidden_act, cfg.tie_word_embeddings) == (
+        False,
+        False,
+        "silu",
+        False,
+    )
+    assert cfg.rope == {"rope_type": "default", "rope_theta": 500000.0}
+    # the ids Boson's file does not name are the Llama-3 reserved slots (FORMATS.md §5)
+    assert (cfg.eot_token_id, cfg.audio_bos_token_id, cfg.audio_delay_token_id) == (128009, 128011, 128014)
+    assert cfg.hidden_size == 3072 and cfg.num_layers == 28  # the shapes are still the file's
+
+
+def test_the_real_config_is_written_back_as_read():
+    raw = json.loads(REAL_CONFIG.read_text())
+    written = HiggsConfig.from_file(REAL_CONFIG).to_original_dict()
+    assert {k: written[k] for k in raw if k != "text_config"} == {
+        k: v for k, v in raw.items() if k != "text_config"
+    }
+    assert {k: written["text_config"][k] for k in raw["text_config"]} == raw["text_config"]
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"config"', "null"])
+def test_a_config_that_is_not_an_object_is_one_line(tmp_path, content):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(higgslab.HiggsLabError, match=rf"^{path}: expected a JSON object, got \w+$"):
+        HiggsConfig.from_file(path)

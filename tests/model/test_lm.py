@@ -106,17 +106,14 @@ def test_audio_ffn_text_mode_equals_a_plain_llama_layer(lm_checkpoints):
     for layer in model.layers:
         layer.audio_ffn = "text"
     as_text = model(ids, codes).audio_logits
-    for layer in model.layers:
-        layer.kind = "llama"
+    model.config.adapter_type, model.config.dual_ffn_layers = "dual_ffn", ()  # every layer a plain Llama one
     plain = model(ids, codes).audio_logits
     assert torch.allclose(as_text, plain, atol=1e-6)
 
 
 def test_fast_forward_layers_hide_audio_from_text_and_pass_audio_through(tmp_path, lm_checkpoints):
     model = higgslab.load_model(lm_checkpoints["original"])
-    for layer in model.layers:  # every layer fast-forward: audio rows never change
-        layer.kind = "fast_forward"
-    model.config.dual_ffn_layers = ()
+    model.config.dual_ffn_layers = ()  # every layer fast-forward: audio rows never change
     ids = torch.tensor([[128000, 5, *segment(4), 7]])
     a = torch.randint(0, 1026, (1, 8, 4), generator=torch.Generator().manual_seed(6))
     b = torch.randint(0, 1026, (1, 8, 4), generator=torch.Generator().manual_seed(7))

@@ -76,6 +76,18 @@ def test_layer_kinds_follow_the_config():
     assert not hasattr(model.layers[1], "audio_mlp")  # the checkpoint has no audio weights for it
 
 
+def test_the_config_is_the_one_place_a_layer_kind_is_set():
+    model = tiny(**VARIANTS["dual_ffn on 0,2; llama elsewhere"])
+    with pytest.raises(AttributeError):
+        model.layers[0].kind = "llama"  # a read-only view of the config
+    model.config.dual_ffn_layers = (2,)
+    assert (
+        [layer.kind for layer in model.layers] == ["llama", "llama", "dual_ffn"] == model.config.layer_kinds
+    )
+    model.config.adapter_type = "dual_ffn_fast_forward"
+    assert [layer.kind for layer in model.layers] == ["fast_forward", "fast_forward", "dual_ffn"]
+
+
 @torch.inference_mode()
 def test_audio_self_attention_sees_only_audio():
     """In layer 0 of the audio-attention variant, the audio attention's output at audio positions does not

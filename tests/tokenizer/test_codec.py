@@ -104,3 +104,20 @@ def test_streaming_with_k_and_reset(tok):
 def test_geometry(tok):
     assert (tok.sample_rate, tok.frame_rate, tok.hop_length) == (24000, 25, 960)
     assert (tok.num_codebooks, tok.codebook_size, tok.bitrate) == (8, 1024, 2000)
+
+
+def test_audio_is_brought_to_the_tokenizer_s_own_rate(speech_like):
+    """A 16 kHz tokenizer takes 16 kHz audio as it is and resamples 24 kHz audio to 16 kHz."""
+    from higgslab.tiny.tokenizer import tiny_codec
+    from higgslab.tokenizer.codec import AudioTokenizer
+
+    tok16 = AudioTokenizer(tiny_codec(sample_rate=16000))
+    assert (tok16.sample_rate, tok16.frame_rate) == (16000, 16000 / 960)
+    at16 = speech_like[::3][: 2 * 16000 // 3 * 3]  # any 16 kHz signal: every 3rd sample of 2 s at 24 kHz
+    np.testing.assert_array_equal(tok16.prepare(at16, 16000)[0, 0].numpy(), at16)
+    assert tok16.prepare(speech_like, 24000).shape[-1] == 32000  # 2 s at 16 kHz
+    codes = tok16.encode(speech_like, 24000)
+    assert codes.shape == (8, 34) and torch.equal(  # ceil(32000 / 960) frames
+        codes, tok16.encode(tok16.prepare(speech_like, 24000)[0, 0].numpy())
+    )
+    assert tok16.decode(codes).shape == (34 * 960,)

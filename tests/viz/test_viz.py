@@ -18,6 +18,8 @@ from higgslab.viz import (
     png,
 )
 
+IDS = delay.StreamIds.after_codes(1024)  # the real checkpoint's
+
 
 def test_compare_mels_identical_is_zero_and_noise_is_not():
     clip = demo_clip(1.0)
@@ -49,10 +51,10 @@ def test_codes_plot_shows_the_codes_and_usage():
 
 def test_frames_at_step_grow_to_the_final_frames():
     codes = torch.randint(0, 1024, (8, 6))
-    columns = delay.apply(torch.cat([torch.full((8, 1), 1024), codes, torch.full((8, 1), 1025)], 1))
-    counts = [frames_at_step(columns, s).shape[1] for s in range(columns.shape[1] + 1)]
+    columns = delay.apply(torch.cat([torch.full((8, 1), 1024), codes, torch.full((8, 1), 1025)], 1), IDS)
+    counts = [frames_at_step(columns, s, IDS).shape[1] for s in range(columns.shape[1] + 1)]
     assert counts[:8] == [0] * 8 and counts == sorted(counts)
-    assert torch.equal(frames_at_step(columns, columns.shape[1]), codes)
+    assert torch.equal(frames_at_step(columns, columns.shape[1], IDS), codes)
 
 
 def test_token_stream_marks_stream_tokens_and_hides_future_columns():
@@ -61,13 +63,13 @@ def test_token_stream_marks_stream_tokens_and_hides_future_columns():
         columns[k, : k + 1] = 1024
     columns[:3, -1] = 1025
     step = columns.shape[1] - 2
-    fig = plot_token_stream(columns, step)
+    fig = plot_token_stream(columns, IDS, step)
     real, bos, eos = (im.get_array() for im in fig.axes[0].images)
     shown = columns[:, :step].numpy()
     assert np.array_equal(~np.ma.getmaskarray(bos[:, :step]), shown == 1024)
     assert np.ma.getmaskarray(eos).all()  # the eos column is past `step`
     assert np.ma.getmaskarray(real[:, step:]).all()
-    _, _, eos_all = (im.get_array() for im in plot_token_stream(columns).axes[0].images)
+    _, _, eos_all = (im.get_array() for im in plot_token_stream(columns, IDS).axes[0].images)
     assert (~np.ma.getmaskarray(eos_all)).sum() == 3
 
 
@@ -79,7 +81,7 @@ def tiny_lm(lm_checkpoints):
 def test_ffn_norms_follow_the_audio_ffn_switch(tiny_lm):
     c = tiny_lm.config
     ids = torch.tensor([128000, 5, 6, 7, 128013] + [c.audio_out_token_id] * 12)
-    codes = delay.apply(torch.randint(0, 1024, (8, 5)))
+    codes = delay.apply(torch.randint(0, 1024, (8, 5)), IDS)
     on = ffn_norms(tiny_lm, ids, codes)
     assert (on.text > 0).all() and (on.audio > 0).all()
     try:

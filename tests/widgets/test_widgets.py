@@ -47,8 +47,9 @@ def test_codebook_explorer_k_slider_redecodes(tokenizer):
 
 def test_token_stream_viewer_steps_through_columns():
     codes = torch.randint(0, 1024, (8, 5))
-    columns = delay.apply(torch.cat([torch.full((8, 1), 1024), codes, torch.full((8, 1), 1025)], 1))
-    viewer = TokenStreamViewer(columns)
+    ids = delay.StreamIds.after_codes(1024)
+    columns = delay.apply(torch.cat([torch.full((8, 1), 1024), codes, torch.full((8, 1), 1025)], 1), ids)
+    viewer = TokenStreamViewer(columns, ids)
     assert viewer.step.value == columns.shape[1] and torch.equal(viewer.last_drawn["frames"], codes)
     viewer.step.value = 10  # column 9 completes frame 2 (frame 0 is the all-bos one)
     assert viewer.last_drawn["frames"].shape[1] == 2 and "2 complete frames" in viewer.label.value
