@@ -56,12 +56,24 @@ def test_auto_is_cpu_here_and_cpu_defaults():
     assert isinstance(dev.device_name(cpu), str) and dev.device_name(cpu)
 
 
-@pytest.mark.parametrize("name,word", [("tpu", "unknown"), ("cuda:x", "unknown"), ("npu", "not available")])
-def test_unknown_or_missing_device_raises_one_line(name, word):
-    if name == "cuda:x" or not torch.cuda.is_available():
-        with pytest.raises(HiggsLabError, match=word) as e:
-            dev.pick_device(name)
-        assert "\n" not in str(e.value)
+@pytest.mark.parametrize(
+    "name,word",
+    [("tpu", "unknown"), ("cuda:x", "unknown"), ("npu", "not available"), ("npu:1", "not available")],
+)
+def test_unknown_or_missing_device_raises_one_line(name, word, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_npu", None)  # import torch_npu → ImportError, on any machine
+    with pytest.raises(HiggsLabError, match=word) as e:
+        dev.pick_device(name)
+    assert "\n" not in str(e.value) and repr(name) in str(e.value)
+
+
+def test_cuda_past_the_last_device_raises_one_line():
+    """`cuda:<count>`: "not available" without CUDA, "does not exist" on a CUDA machine."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    word = f"does not exist: {count} found" if count else "not available"
+    with pytest.raises(HiggsLabError, match=word) as e:
+        dev.pick_device(f"cuda:{count}")
+    assert "\n" not in str(e.value)
 
 
 def test_npu_comes_first_and_is_bf16_on_910b(fake_npu):

@@ -1,6 +1,6 @@
 """`python -m higgslab.eval mode=all|precision|performance|quality seeds=[1,37,42,74] tokens=[512,1024,2048]`
 
-Hydra config `conf/eval.yaml` (groups model=, generation=, device= as for generate). Writes
+Hydra config `higgslab/conf/eval.yaml` (groups model=, generation=, device= as for generate). Writes
 `<output_dir>/<timestamp>/report.json` (validated against `report.schema.json`), `frames_per_s.png`
 and `rms_per_seed.png`, and prints a summary table. Exit code 0 unless `strict=true` and a section failed.
 """
@@ -14,11 +14,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from higgslab.conf import CONF_DIR
 from higgslab.errors import HiggsLabError, cli_errors
 from higgslab.eval import quality
 from higgslab.eval.report import skipped
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
 MODES = ("all", "precision", "performance", "quality")
 
 
@@ -140,7 +140,7 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     return report, folder
 
 
-@hydra.main(version_base="1.3", config_path=CONF, config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     with cli_errors():
         report, _ = run(cfg, " ".join(["python -m higgslab.eval", *sys.argv[1:]]))

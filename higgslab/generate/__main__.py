@@ -1,6 +1,6 @@
 """`python -m higgslab.generate text="..."`: text → speech → `output_<seed>.wav` (24 kHz mono 16-bit).
 
-Hydra config `conf/generate.yaml`; every NPU-port flag is an override (`temperature=0.3 seed=7
+Hydra config `higgslab/conf/generate.yaml`; every NPU-port flag is an override (`temperature=0.3 seed=7
 model_path=model_cache tokenizer_path=tokenizer_cache ...`). `--help` and `--cfg job` work as usual.
 """
 
@@ -12,9 +12,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from higgslab.conf import CONF_DIR
 from higgslab.errors import HiggsLabError, cli_errors
-
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def output_path(output_dir: str, seed: int, overwrite: bool) -> Path:
@@ -91,7 +90,7 @@ def run(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path=CONF, config_name="generate")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def main(cfg: DictConfig) -> None:
     with cli_errors():
         run(cfg)

@@ -37,10 +37,10 @@ def held_out_clips(n: int) -> list[Clip]:
     """The first `n` validation clips (text, voice, speed) of the corpus `conf/experiment/mini.yaml` plans."""
     from omegaconf import OmegaConf
 
-    from higgslab.train.loop import CONF
+    from higgslab.conf import CONF_DIR
     from higgslab.train.sentences import make_sentences
 
-    data = OmegaConf.load(Path(CONF) / "experiment" / "mini.yaml").data
+    data = OmegaConf.load(Path(CONF_DIR) / "experiment" / "mini.yaml").data
     clips = plan(make_sentences(data.sentences, data.seed), data.seed, data.valid_every)
     return [c for c in clips if c.split == "valid"][:n]
 

@@ -249,10 +249,10 @@ def train_lm(cfg: DictConfig) -> Path:
 def main() -> None:
     import hydra
 
+    from higgslab.conf import CONF_DIR
     from higgslab.errors import cli_errors
-    from higgslab.train.loop import CONF
 
-    @hydra.main(version_base="1.3", config_path=CONF, config_name="train/lm")
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train/lm")
     def run(cfg: DictConfig) -> None:
         with cli_errors():
             print(f"wrote {train_lm(cfg)}")

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")  # the repo's Hydra configs
 CHECKPOINT = "last.pt"
 CURVE = "loss.png"
 

@@ -1,6 +1,6 @@
 """Stage 1 of higgslab-mini: train the mini audio tokenizer on the synthetic corpus.
 
-    python -m higgslab.train.tokenizer                      # experiment=mini (conf/experiment/mini.yaml)
+    python -m higgslab.train.tokenizer                      # experiment=mini (higgslab/conf/experiment/mini.yaml)
     python -m higgslab.train.tokenizer tokenizer.steps=20   # any key of the experiment can be overridden
 
 Synthesises the corpus if needed, trains `CodecTrainer` on random crops (multi-resolution mel/STFT loss,
@@ -50,7 +50,7 @@ def evaluate(trainer: CodecTrainer, clips: list[Clip]) -> list[dict]:
 
 
 def train_tokenizer(cfg: DictConfig) -> Path:
-    """Run stage 1 as configured (see conf/experiment/mini.yaml); returns the exported tokenizer directory."""
+    """Run stage 1 as configured (see higgslab/conf/experiment/mini.yaml); returns the exported tokenizer directory."""
     from higgslab.io.codec_format import write_codec
     from higgslab.train.loop import run_training
 
@@ -126,10 +126,10 @@ def usage_summary(trainer: CodecTrainer, clips: list[Clip]) -> dict[str, list[fl
 def main() -> None:
     import hydra
 
+    from higgslab.conf import CONF_DIR
     from higgslab.errors import cli_errors
-    from higgslab.train.loop import CONF
 
-    @hydra.main(version_base="1.3", config_path=CONF, config_name="train/tokenizer")
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train/tokenizer")
     def run(cfg: DictConfig) -> None:
         with cli_errors():
             print(f"wrote {train_tokenizer(cfg)}")

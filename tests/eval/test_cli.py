@@ -7,6 +7,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
+from higgslab.conf import CONF_DIR
 from higgslab.errors import HiggsLabError
 from higgslab.eval import __main__ as cli
 from higgslab.eval.report import validate
@@ -31,7 +32,7 @@ def cache(tmp_path_factory):
 
 
 def config(*overrides):
-    with initialize_config_dir(config_dir=cli.CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="eval", overrides=list(overrides))
 
 

@@ -56,7 +56,7 @@ def compose(name: str, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from higgslab.train.loop import CONF
+    from higgslab.conf import CONF_DIR
 
-    with initialize_config_dir(CONF, version_base="1.3"):
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
         return hydra_compose(name, overrides=overrides)

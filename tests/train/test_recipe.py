@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,5 +35,13 @@ def test_recipe_end_to_end(corpus, tmp_path):
     dest = export_mini(tmp_path / "run", tmp_path / "assets/mini")
     gen = Generator.from_paths(dest / "model", dest / "tokenizer", device="cpu")
     assert gen.cfg_scale == 2.5  # the recipe's guidance scale travels with the shipped model
-    result = gen.generate(text="Anna found the key.", max_new_tokens=30, seed=1)
-    assert result.codes.shape[0] == 8
+
+    def speak(**kw):
+        return gen.generate(text="Anna found the key.", max_new_tokens=30, seed=1, **kw)
+
+    result = speak()  # and is applied by default: the same codes as asking for 2.5, others than without it
+    assert torch.equal(result.columns, speak(cfg_scale=2.5).columns)
+    assert not torch.equal(result.columns, speak(cfg_scale=1.0).columns)
+    # the speech is the shipped tokenizer's decoding of those codes (stage 1's, copied beside the LM)
+    shipped = load_tokenizer(dest / "tokenizer")
+    assert result.codes.numel() and np.array_equal(result.audio, shipped.decode(result.codes))
