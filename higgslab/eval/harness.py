@@ -23,7 +23,7 @@ class Clip(Protocol):
     finished: bool
     audio: np.ndarray | None  # float32 [samples]
     sample_rate: int
-    stats: object  # GenerationStats: steps, frames, prefill_s, decode_s, frames_per_s, ...
+    stats: object  # GenerationStats: steps, frames, prefill_s, decode_s, steps_per_s, frames_per_s, ...
 
 
 class GenerateFn(Protocol):
