@@ -17,7 +17,7 @@ from pathlib import Path
 from higgslab.errors import HiggsLabError
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
-SCHEMA_VERSION = 2  # 2: performance runs report steps_per_s, and frames_per_s counts decodable frames
+SCHEMA_VERSION = 2  # 2: steps_per_s, and frames_per_s of decodable frames; quality items' durations
 
 
 @cache
