@@ -60,5 +60,5 @@ def resolve_paths(model_path: str | None, tokenizer_path: str | None) -> tuple[P
     return (
         ASSETS / "model",
         ASSETS / "tokenizer",
-        "embedded higgslab-mini (trained on espeak-ng speech; its sentence is recognisable about 1 time in 2)",
+        "embedded higgslab-mini (trained on espeak-ng speech; how well it speaks: bench/RESULTS.md)",
     )

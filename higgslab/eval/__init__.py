@@ -2,7 +2,8 @@
 
 checks.py       pure pass/fail checks on codes and audio
 precision.py    validity, determinism, integrity per seed
-performance.py  frames/s, prefill, first audio, decode, RTF, memory per length
-quality.py      WER (offline Whisper) and speaker similarity (resemblyzer); the `eval` extra
+performance.py  steps/s, frames/s, prefill, first audio, decode, RTF, memory per length
+quality.py      WER (offline Whisper) and speaker similarity (resemblyzer); the `eval` extra. Its
+                `speak_and_hear` loop also scores higgslab-mini's held-out sentences (train.listen)
 report.py       report.json (report.schema.json), PNG plots, summary table
 """

@@ -1,7 +1,7 @@
 """`python -m higgslab.eval mode=all|precision|performance|quality seeds=[1,37,42,74] tokens=[512,1024,2048]`
 
 Hydra config `higgslab/conf/eval.yaml` (groups model=, generation=, device= as for generate). Writes
-`<output_dir>/<timestamp>/report.json` (validated against `report.schema.json`), `frames_per_s.png`
+`<output_dir>/<timestamp>/report.json` (validated against `report.schema.json`), `steps_per_s.png`
 and `rms_per_seed.png`, and prints a summary table. Exit code 0 unless `strict=true` and a section failed.
 """
 
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from higgslab.conf import CONF_DIR
 from higgslab.errors import HiggsLabError, cli_errors
 from higgslab.eval import quality
-from higgslab.eval.report import skipped
+from higgslab.eval.report import SCHEMA_VERSION, skipped
 
 MODES = ("all", "precision", "performance", "quality")
 
@@ -67,7 +67,7 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     not_asked = skipped(f"not requested (mode={cfg.mode})")
 
     report = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "created": created.isoformat(timespec="seconds"),
         "command": command,
         "mode": cfg.mode,

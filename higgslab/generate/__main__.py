@@ -74,8 +74,8 @@ def run(cfg: DictConfig) -> Path:
             bar.total = bar.n  # it stops once every codebook has closed: end the bar there, complete
         s = result.stats
         print(
-            f"{s.steps} steps in {s.decode_s:.2f} s = {s.frames_per_s:.1f} frames/s; prefill {s.prefill_s:.3f} s; "
-            f"audio decode {s.audio_decode_s:.3f} s; {result.duration_s:.2f} s of audio"
+            f"{s.steps} steps in {s.decode_s:.2f} s = {s.steps_per_s:.1f} steps/s ({s.frames_per_s:.1f} frames/s); "
+            f"prefill {s.prefill_s:.3f} s; audio decode {s.audio_decode_s:.3f} s; {result.duration_s:.2f} s of audio"
         )
         if result.duration_s >= cfg.min_duration_s or attempt == cfg.max_retries:
             break

@@ -23,9 +23,15 @@ class GenerationStats:
     device: str = "cpu"
 
     @property
-    def frames_per_s(self) -> float:
-        """Generated LM steps (one audio column each) per second of decoding."""
+    def steps_per_s(self) -> float:
+        """LM steps (one delayed audio column each) per second of decoding."""
         return self.steps / self.decode_s if self.decode_s > 0 else float("nan")
+
+    @property
+    def frames_per_s(self) -> float:
+        """Decodable frames (complete output frames, delay reverted) per second of decoding: below
+        `steps_per_s`, since the delay pattern's partial columns and the stream tokens decode to no frame."""
+        return self.frames / self.decode_s if self.decode_s > 0 else float("nan")
 
 
 @dataclass

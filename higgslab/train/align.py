@@ -1,8 +1,9 @@
 """Guided attention: a training-only prior that some heads read the text at the pace of the speech.
 
 A decoder-only TTS model has to discover by itself which text token each audio frame speaks. The mini LM
-did not within an hour of this CPU: with the right text instead of another sentence's, its held-out loss
-on codebook 0 fell by only 0.3 nats, and its speech was English-like but not the sentence asked for.
+did not within an hour of this CPU: the right text instead of another sentence's barely lowered its held-out
+loss on codebook 0, and its speech was English-like but not the sentence asked for (bench/RESULTS.md,
+*LM: making it read the text*).
 Guided attention (Tachibana et al., 2017) makes the alignment part of the objective. For each guided head
 and each audio query that predicts frame j of N, with text token i of M at n_i = (i + ½) / M:
 

@@ -50,9 +50,9 @@ def mini_codec(
 
     `input_gain` scales the encoder's first convolution at init. Speech at ~0.1 RMS leaves the Snake
     activations (α = 1) almost linear, and a linear encoder with strides averages the waveform away: the
-    latent barely moves with the audio and the decoder settles on the corpus' mean spectrum (log-mel 1.27
-    on held-out clips after 300 steps, unchanged from step 100). With gain 10 the first Snakes rectify and
-    the latent follows the speech from the start (0.88 after the same 300 steps, still falling)."""
+    latent barely moves with the audio and the decoder settles on the corpus' mean spectrum. With gain 10
+    the first Snakes rectify and the latent follows the speech from the start (bench/RESULTS.md,
+    *higgslab-mini*: "the encoder's first convolution starts with gain 10")."""
     cfg = CodecConfig(
         encoder_width=encoder_width,
         latent_dim=latent_dim,

@@ -9,8 +9,8 @@ the same on every machine for the same seed. Layout of `out/`:
                      path (relative), seconds
     wav/NNNNN.wav    16-bit mono 24 kHz
 
-The split is fixed by id (every `valid_every`-th clip is validation), not by chance. `espeak-ng` is installed
-with apt-get when missing (the recipe runs as root on the project's machines).
+The split is fixed by id (every `valid_every`-th clip is validation), not by chance. `espeak-ng` must be on
+PATH (README: *Training higgslab-mini*; `.ci/run` installs it); this module only looks for it.
 """
 
 from __future__ import annotations
@@ -46,20 +46,14 @@ class Clip:
     seconds: float = 0.0
 
 
-def ensure_espeak() -> str:
-    """Path of `espeak-ng`, installing the Debian package when it is missing."""
+def find_espeak() -> str:
+    """Path of the `espeak-ng` program; one line saying how to install it when it is not on PATH."""
     found = shutil.which("espeak-ng")
-    if found:
-        return found
-    if shutil.which("apt-get") is None:
-        raise HiggsLabError("espeak-ng is not installed and there is no apt-get to install it")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "espeak-ng"]):
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            raise HiggsLabError(f"`{' '.join(cmd)}` failed: {done.stderr.strip().splitlines()[-1:]}")
-    found = shutil.which("espeak-ng")
-    if not found:
-        raise HiggsLabError("apt-get installed espeak-ng but it is not on PATH")
+    if found is None:
+        raise HiggsLabError(
+            "espeak-ng is not on PATH: install it (Debian/Ubuntu: apt-get install espeak-ng; "
+            "macOS: brew install espeak-ng)"
+        )
     return found
 
 
@@ -121,7 +115,7 @@ def build_corpus(out: str | Path, sentences: int = 3000, seed: int = 0, valid_ev
         raise HiggsLabError(
             f"{manifest}: holds {len(done)} clips, not the {len(clips)} asked for (data.sentences)"
         )
-    espeak = ensure_espeak()
+    espeak = find_espeak()
     (out / "wav").mkdir(parents=True, exist_ok=True)
     for clip in tqdm([c for c in clips if c.id not in done], desc="espeak-ng", unit="clip"):
         audio = synthesize(clip.text, clip.voice, clip.speed, clip.pitch, espeak)

@@ -9,9 +9,9 @@ with its text tokenizer and generation config (the guidance scale) beside it; th
 checked against the budget.
 
 float16, not bfloat16: guidance multiplies the difference of two logit sets, and bfloat16's 8-bit mantissa
-in the weights made that difference noisy enough to cost the guided mini a third of its recognised
-sentences (Whisper identified 0.30 / 0.18 of 40 against 0.43 / 0.40 for float16 and 0.43 / 0.35 for the
-float32 original, seeds 0 / 1). Both fit the budget; float32 does not.
+in the weights made that difference noisy enough to cost the guided mini much of its recognised sentences,
+where float16 scores as the float32 original does (bench/RESULTS.md, *higgslab-mini*: the export rows).
+Both fit the budget; float32 does not.
 """
 
 from __future__ import annotations

@@ -18,12 +18,16 @@ seed; `--temperature` to change it), and:
 
 `--codec-only` skips the LM and reports the ceilings alone: is the audio tokenizer intelligible?
 ASR needs the optional extra (`pip install 'higgslab[eval]'`); without it, `--no-asr` reports duration only.
+The LM's speech goes through the eval's own generate -> transcribe -> score loop
+(`higgslab.eval.quality.speak_and_hear`, as `python -m higgslab.eval mode=quality` runs it); this module
+adds the held-out sentences, their espeak-ng references and the measures over them.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,41 +84,31 @@ def listen(
     the JSON-ready report: `summary` and one `items` row per clip. `lm=False`: the ceilings only."""
     from tqdm import tqdm
 
+    from higgslab.eval.harness import generator_fn
+    from higgslab.eval.quality import Spoken, hear, speak_and_hear
     from higgslab.train.data import SAMPLE_RATE, synthesize
 
     espeak = shutil.which("espeak-ng")  # without it: no reference durations or ceilings, the rest still runs
     if not (lm or espeak):
         raise HiggsLabError(
-            "the codec ceilings need espeak-ng on PATH (python -m higgslab.train.data installs it)"
+            "the codec ceilings need espeak-ng on PATH (Debian/Ubuntu: apt-get install espeak-ng)"
         )
+    spoken: Iterator[Spoken | None] = (None for _ in clips)
+    if lm:
+        speak = generator_fn(gen, None, None, None, None, {"cfg_scale": cfg_scale})
+        texts = [c.text for c in clips]
+        spoken = speak_and_hear(speak, texts, seed, temperature, max_new_tokens, asr=asr)
     rows: list[Heard] = []
-    for clip in tqdm(clips, desc="listen", unit="sentence"):
-        out = (
-            gen.generate(
-                text=clip.text,
-                seed=seed,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                cfg_scale=cfg_scale,
-            )
-            if lm
-            else None
-        )
+    for clip, said in tqdm(zip(clips, spoken, strict=True), total=len(clips), desc="listen", unit="sentence"):
         original = synthesize(clip.text, clip.voice, clip.speed, clip.pitch, espeak) if espeak else None
-        seconds, finished = (out.duration_s, out.finished) if out is not None else (None, None)
-        row = Heard(clip.text, seconds, None if original is None else len(original) / SAMPLE_RATE, finished)
-        if asr:
-            from higgslab.eval.quality import transcribe, wer
-
-            if out is not None:
-                row.transcript = transcribe(out.audio, out.sample_rate) if out.audio.size else ""
-                row.wer = wer(clip.text, row.transcript)
-            if original is not None:
-                row.espeak_transcript = transcribe(original, SAMPLE_RATE)
-                resynth = gen.audio_tokenizer.decode(gen.audio_tokenizer.encode(original))
-                row.resynth_transcript = transcribe(np.asarray(resynth), SAMPLE_RATE)
-                row.espeak_wer = wer(clip.text, row.espeak_transcript)
-                row.resynth_wer = wer(clip.text, row.resynth_transcript)
+        espeak_seconds = None if original is None else len(original) / SAMPLE_RATE
+        lm_heard = (said.duration_s, said.finished, said.transcript, said.wer) if said else (None,) * 4
+        seconds, finished, transcript, error = lm_heard
+        row = Heard(clip.text, seconds, espeak_seconds, finished, transcript, error)
+        if asr and original is not None:  # the ceilings: the same ASR on the original and its resynthesis
+            resynth = np.asarray(gen.audio_tokenizer.decode(gen.audio_tokenizer.encode(original)))
+            row.espeak_transcript, row.espeak_wer = hear(clip.text, original, SAMPLE_RATE)
+            row.resynth_transcript, row.resynth_wer = hear(clip.text, resynth, SAMPLE_RATE)
         rows.append(row)
     return {"summary": summarise(rows), "items": [asdict(r) for r in rows]}
 

@@ -184,7 +184,7 @@ def train_lm(cfg: DictConfig) -> Path:
 
     from higgslab.io.load import load_tokenizer
     from higgslab.model.lm import HiggsAudioModel
-    from higgslab.train.loop import run_training
+    from higgslab.train.loop import TrainSettings, run_training
     from higgslab.train.text import write_text_tokenizer
 
     torch.set_num_threads(cfg.threads)
@@ -238,9 +238,10 @@ def train_lm(cfg: DictConfig) -> Path:
         mean = {k: float(torch.stack([r[k] for r in rows]).mean()) for k in ("audio_loss", "guide")}
         return {"valid_loss": mean["audio_loss"], "valid_guide": mean["guide"], "text_gain": gain}
 
-    run_training(model, model.parameters(), step, run_dir, m.steps, m.lr, m.warmup, cfg.seed, m.grad_clip,
-                 m.checkpoint_every, eval_fn, m.eval_every, title=f"mini LM ({m.name})",
-                 weight_decay=m.weight_decay)  # fmt: skip
+    settings = TrainSettings(steps=m.steps, lr=m.lr, warmup=m.warmup, seed=cfg.seed, grad_clip=m.grad_clip,
+                             weight_decay=m.weight_decay, checkpoint_every=m.checkpoint_every,
+                             eval_every=m.eval_every, title=f"mini LM ({m.name})")  # fmt: skip
+    run_training(model, model.parameters(), step, run_dir, settings, eval_fn)
     # the scale the model was measured best with (train/listen.py); 1 = no guidance
     generation = {"guidance_scale": float(m.guidance_scale)} if m.guidance_scale != 1 else None
     return export_model(model, text_dir, run_dir / "model", generation=generation)

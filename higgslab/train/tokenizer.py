@@ -52,7 +52,7 @@ def evaluate(trainer: CodecTrainer, clips: list[Clip]) -> list[dict]:
 def train_tokenizer(cfg: DictConfig) -> Path:
     """Run stage 1 as configured (see higgslab/conf/experiment/mini.yaml); returns the exported tokenizer directory."""
     from higgslab.io.codec_format import write_codec
-    from higgslab.train.loop import run_training
+    from higgslab.train.loop import TrainSettings, run_training
 
     torch.set_num_threads(cfg.threads)
     t = cfg.tokenizer
@@ -105,8 +105,10 @@ def train_tokenizer(cfg: DictConfig) -> Path:
 
     run_dir = Path(cfg.run_dir) / "tokenizer"
     params = list(trainer.parameters())
-    run_training(trainer, params, step, run_dir, t.steps, t.lr, t.warmup, cfg.seed, t.grad_clip,
-                 t.checkpoint_every, eval_fn, t.eval_every, after_step, title="mini tokenizer")  # fmt: skip
+    settings = TrainSettings(steps=t.steps, lr=t.lr, warmup=t.warmup, seed=cfg.seed, grad_clip=t.grad_clip,
+                             checkpoint_every=t.checkpoint_every, eval_every=t.eval_every,
+                             title="mini tokenizer")  # fmt: skip
+    run_training(trainer, params, step, run_dir, settings, eval_fn, after_step)
     exported = write_codec(trainer.codec, run_dir / "tokenizer", "original")
     report = {"quality": evaluate(trainer, valid), "codebook_usage": usage_summary(trainer, valid)}
     (run_dir / "quality.json").write_text(json.dumps(report, indent=2))

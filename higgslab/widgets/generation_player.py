@@ -124,7 +124,7 @@ class GenerationPlayer(widgets.VBox):
         first = "–" if s.time_to_first_audio_s is None else f"{s.time_to_first_audio_s:.2f} s"
         self.status.value = (
             f"{result.codes.shape[1]} frames = {len(audio) / rate:.2f} s of audio; {s.steps} steps; "
-            f"prefill {s.prefill_s:.2f} s, decode {s.decode_s:.2f} s ({s.frames_per_s:.1f} steps/s), "
+            f"prefill {s.prefill_s:.2f} s, decode {s.decode_s:.2f} s ({s.steps_per_s:.1f} steps/s), "
             f"first audio after {first}; {'finished' if result.finished else 'hit max steps'}"
         )
 

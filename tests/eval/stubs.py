@@ -44,7 +44,6 @@ def good_clip(seed: int = 0, frames: int = 50) -> StubClip:
         frames=frames,
         prefill_s=0.01,
         decode_s=steps / 100,
-        frames_per_s=100.0,
         time_to_first_audio_s=0.05,
         audio_decode_s=0.02,
         peak_memory_bytes=None,

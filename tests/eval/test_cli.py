@@ -44,7 +44,7 @@ def test_mode_all_writes_a_valid_report_with_quality_skipped(tmp_path, cache, mo
     )
     report, folder = cli.run(config(*SMALL, f"output_dir={tmp_path}/results"), "test")
     assert folder.parent == tmp_path / "results"
-    assert sorted(p.name for p in folder.iterdir()) == ["frames_per_s.png", "report.json", "rms_per_seed.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["report.json", "rms_per_seed.png", "steps_per_s.png"]
     on_disk = json.loads((folder / "report.json").read_text())
     validate(on_disk)
     assert on_disk["quality"] == {
@@ -61,7 +61,9 @@ def test_mode_all_writes_a_valid_report_with_quality_skipped(tmp_path, cache, mo
     determinism = {c["name"]: c["passed"] for c in on_disk["precision"]["checks"]}
     assert determinism["deterministic_greedy"] and determinism["deterministic_seed"]
     out = capsys.readouterr().out
-    assert "tokens  steps  decode s  frames/s" in out and "quality: skipped" in out and "wrote" in out
+    assert (
+        "tokens  steps  decode s  steps/s  frames/s" in out and "quality: skipped" in out and "wrote" in out
+    )
 
 
 def test_single_mode_marks_the_others_not_requested_and_no_audio_fails(tmp_path, cache, monkeypatch):

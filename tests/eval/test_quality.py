@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from higgslab.eval import quality
-from tests.eval.stubs import StubGenerator, speech_like
+from tests.eval.stubs import HOP, SR, StubGenerator, speech_like
 
 needs_extra = pytest.mark.skipif(quality.missing() is not None, reason=str(quality.missing()))
 
@@ -68,3 +68,27 @@ def test_run_quality_fails_on_unintelligible_audio_and_reports_each_text():
     assert report["status"] == "failed" and report["checks"][0]["name"] == "wer"
     assert [i["text"] for i in report["items"]] == ["Hello there.", "Good morning."]
     assert report["speaker_similarity"] is None and "no reference clip" in report["reason"]
+
+
+def test_speak_and_hear_scores_each_text_and_hears_no_audio_as_nothing(monkeypatch):
+    """The loop quality mode and train.listen share, with the ASR and WER stubbed (no extra needed)."""
+    heard = []
+    monkeypatch.setattr(quality, "transcribe", lambda audio, sr: heard.append(len(audio)) or "hello there")
+    monkeypatch.setattr(quality, "wer", lambda ref, hyp: float(ref != hyp))
+
+    def silent(clip, seed):
+        clip.audio = np.zeros(0, np.float32)
+        return clip
+
+    texts = ["hello there", "good morning"]
+    spoken = list(quality.speak_and_hear(StubGenerator(), texts, 1, 0.3, 100))
+    assert [(s.text, s.transcript, s.wer) for s in spoken] == [
+        ("hello there", "hello there", 0.0),
+        ("good morning", "hello there", 1.0),
+    ]
+    assert heard == [100 * HOP] * 2 and spoken[0].duration_s == 100 * HOP / SR and spoken[0].finished
+    assert spoken[0].speaker_similarity is None  # no reference clip
+    mute = next(quality.speak_and_hear(StubGenerator(mutate=silent), texts, 1, 0.3, 100))
+    assert (mute.transcript, mute.wer, mute.duration_s) == ("", 1.0, 0.0) and len(heard) == 2
+    unheard = next(quality.speak_and_hear(StubGenerator(), texts, 1, 0.3, 100, asr=False))
+    assert (unheard.transcript, unheard.wer) == (None, None) and len(heard) == 2

@@ -9,6 +9,7 @@ from higgslab.eval.checks import DEFAULT
 from higgslab.eval.performance import run_performance
 from higgslab.eval.precision import run_precision
 from higgslab.eval.report import (
+    SCHEMA_VERSION,
     finite_json,
     new_run_dir,
     overall_passed,
@@ -24,7 +25,7 @@ from tests.eval.stubs import HOP, StubGenerator, truncated
 def stub_report(gen=None) -> dict:
     gen = gen or StubGenerator()
     report = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "created": "2026-11-23T12:00:00",
         "command": "python -m higgslab.eval",
         "mode": "all",
@@ -65,13 +66,18 @@ def test_stub_report_validates_and_round_trips(tmp_path):
     loaded = json.loads(path.read_text())
     validate(loaded)
     assert loaded["performance"]["runs"][1]["tokens"] == 32 and loaded["performance"]["device_name"]
+    for run in loaded["performance"]["runs"]:  # a step is a delayed column, a frame a decodable one
+        assert run["frames"] < run["steps"]
+        assert run["frames_per_s"] == pytest.approx(run["steps_per_s"] * run["frames"] / run["steps"])
 
 
 @pytest.mark.parametrize(
     "breakage",
     [
         lambda r: r.pop("precision"),
+        lambda r: r["performance"]["runs"][0].pop("steps_per_s"),
         lambda r: r["performance"]["runs"][0].pop("frames_per_s"),
+        lambda r: r.__setitem__("schema_version", 1),  # version 1's frames_per_s counted steps
         lambda r: r.__setitem__("mode", "fast"),
         lambda r: r.__setitem__("quality", {"status": "skipped"}),  # a skip must say why
         lambda r: r["precision"]["seeds"][0]["checks"][0].__setitem__("passed", "yes"),
@@ -108,5 +114,5 @@ def test_plots_and_run_dirs(tmp_path):
     folder = new_run_dir(tmp_path / "eval_results")
     assert new_run_dir(tmp_path / "eval_results") != folder  # same second: a new folder, never reused
     paths = plot_report(stub_report(), folder)
-    assert sorted(p.name for p in paths) == ["frames_per_s.png", "rms_per_seed.png"]
+    assert sorted(p.name for p in paths) == ["rms_per_seed.png", "steps_per_s.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)

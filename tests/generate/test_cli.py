@@ -41,6 +41,7 @@ def test_writes_a_24k_mono_16bit_wav_with_a_comma_in_the_text(tmp_path, cache):
     assert mode == 0o666 & ~umask  # ordinary permissions, not mkstemp's owner-only
     for line in ("model: embedded tiny RANDOM", "device: cpu", "parameters:", "prompt:", "frames/s", "wrote"):
         assert line in proc.stdout
+    assert "40 steps in" in proc.stdout and " steps/s (" in proc.stdout and " frames/s)" in proc.stdout
 
 
 def test_short_audio_is_retried_with_other_seeds_at_most_three_times(tmp_path, cache):

@@ -1,7 +1,10 @@
 """Sentences and the espeak-ng corpus."""
 
 import numpy as np
+import pytest
 
+from higgslab.errors import HiggsLabError
+from higgslab.train import data
 from higgslab.train.data import SAMPLE_RATE, load_audio, plan, read_manifest
 from higgslab.train.sentences import make_sentences
 
@@ -48,3 +51,13 @@ def test_corpus_grows_by_its_missing_clips_and_refuses_another_plan(corpus, tmp_
         build_corpus(out, sentences=14, seed=1, valid_every=4)
     with pytest.raises(HiggsLabError, match="holds 14 clips, not the 12"):
         build_corpus(out, sentences=12, seed=0, valid_every=4)
+
+
+def test_missing_espeak_is_one_line_saying_how_to_install_it_and_nothing_is_run(monkeypatch, tmp_path):
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)
+    monkeypatch.setattr(data.subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a}"))  # no apt-get
+    with pytest.raises(
+        HiggsLabError, match=r"^espeak-ng is not on PATH: install it \(Debian/Ubuntu: apt-get"
+    ):
+        data.build_corpus(tmp_path / "corpus", sentences=4)
+    assert not (tmp_path / "corpus" / "manifest.jsonl").exists()

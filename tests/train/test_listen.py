@@ -77,3 +77,22 @@ def test_cli_refuses_a_model_without_its_tokenizer(capsys):
     with pytest.raises(SystemExit):
         main(["--model", "runs/mini/lm/model"])
     assert "--model needs --tokenizer" in capsys.readouterr().err
+
+
+def test_lm_rows_are_what_generate_gives_and_ceilings_need_espeak(monkeypatch):
+    """Through the eval's loop, listen's durations are `Generator.generate`'s for the same seed and scale."""
+    from higgslab.embedded import ASSETS
+    from higgslab.errors import HiggsLabError
+    from higgslab.generate.generator import Generator
+    from higgslab.train import listen as module
+
+    monkeypatch.setattr(module.shutil, "which", lambda name: None)  # no espeak-ng: no references
+    gen = Generator.from_paths(ASSETS / "model", ASSETS / "tokenizer", device="cpu")
+    clips = held_out_clips(2)
+    report = module.listen(gen, clips, seed=5, asr=False, cfg_scale=1.5)
+    direct = [gen.generate(text=c.text, seed=5, max_new_tokens=500, cfg_scale=1.5) for c in clips]
+    assert [r["seconds"] for r in report["items"]] == [d.duration_s for d in direct]
+    assert [r["finished"] for r in report["items"]] == [d.finished for d in direct]
+    assert report["items"][0]["espeak_seconds"] is None and "wer" not in report["summary"]
+    with pytest.raises(HiggsLabError, match="the codec ceilings need espeak-ng"):
+        module.listen(gen, clips, lm=False)

@@ -7,7 +7,7 @@ from higgslab.io.load import load_model
 from higgslab.model.lm import HiggsAudioModel
 from higgslab.train.align import GuidedAttention, diagonal_prior
 from higgslab.train.lm import IGNORE, codebook_losses, collate, export_model, lm_config, make_example
-from higgslab.train.loop import run_training
+from higgslab.train.loop import TrainSettings, run_training
 from higgslab.train.text import write_text_tokenizer
 
 from .conftest import compose
@@ -86,7 +86,9 @@ def test_weight_decay_shrinks_matrices_only(tmp_path):
         return {"loss": (model.weight * 0).sum() + (model.bias * 0).sum()}
 
     lr = 0.1
-    run_training(model, model.parameters(), step, tmp_path, steps=1, lr=lr, warmup=1, weight_decay=0.5)
+    run_training(
+        model, model.parameters(), step, tmp_path, TrainSettings(steps=1, lr=lr, warmup=1, weight_decay=0.5)
+    )
     assert torch.allclose(model.weight, before["weight"] * (1 - lr * 0.5))
     assert torch.equal(model.bias, before["bias"])
 
@@ -110,8 +112,9 @@ def test_overfit_resume_and_export_round_trip(tmp_path):
     def train(run_dir, steps):
         torch.manual_seed(0)
         model = HiggsAudioModel(config, text_head=False)
+        settings = TrainSettings(steps=steps, lr=3e-3, warmup=2, checkpoint_every=3)
         history = run_training(model, model.parameters(), lambda i, g: {"loss": codebook_losses(model, *batch).mean()},
-                               run_dir, steps, lr=3e-3, warmup=2, checkpoint_every=3)  # fmt: skip
+                               run_dir, settings)  # fmt: skip
         return model, history
 
     straight, history = train(tmp_path / "a", 6)
