@@ -1,14 +1,14 @@
 """Decode-step weight layout for CPUs: one matrix per fused projection, same parameters.
 
 A decode step multiplies one row per sequence by every weight matrix, so on a CPU it is a chain of
-matrix-vector products whose speed is the memory bandwidth. Two things make that chain faster here
-(2-core Xeon, float32, hidden 1024: 13.1 → 11.8 ms for the same 394 MB, timed back to back; the bench
-prints the packed chain's time as "the weights alone"):
+matrix-vector products whose speed is the memory bandwidth. Two things make that chain faster (measured
+on an Intel Xeon with AMX and an AMD EPYC with AVX2 only: bench/RESULTS.md; the bench prints the packed
+chain's time as "the weights alone"):
 - fewer, larger products: q/k/v as one `[D, q + k + v]` matrix and the audio FFN's gate/up as one
   `[D, 2 · I]` matrix;
 - in float32 the `[in, out]` layout: MKL streams `x @ W` over a contiguous W faster than over the
-  transposed view that `nn.Linear`'s `[out, in]` weight gives. bfloat16 keeps `[out, in]`, which its
-  AMX kernels read twice as fast (`prefers_in_out`).
+  transposed view that `nn.Linear`'s `[out, in]` weight gives. bfloat16 keeps `[out, in]`
+  (`prefers_in_out`).
 
 `pack_for_decode(model)` stores those matrices and re-points every `nn.Linear` weight it covers at a view
 of them (`param.data = view`): the same `Parameter` objects with the same values, state dict, hooks and
@@ -82,9 +82,9 @@ def packable(layer: nn.Module) -> bool:
 
 
 def prefers_in_out(dtype: torch.dtype) -> bool:
-    """The layout a CPU reads faster for one row times a matrix. float32 (MKL): `[in, out]`, ~5 % over a
-    whole step. bfloat16 (oneDNN on AMX): `[out, in]`; `[in, out]` there is ~2x slower
-    (`[1, 3072] @ [3072, 8192]`: 2.9 against 1.6 ms)."""
+    """The layout a CPU reads faster for one row times a matrix: float32 (MKL) `[in, out]`, bfloat16
+    (oneDNN) `[out, in]`. The same on both CPUs measured, whatever their units: with AMX `[in, out]`
+    bfloat16 is ~2x slower, on AVX2 alone (no native bfloat16) it is ~40x slower (bench/RESULTS.md)."""
     return dtype == torch.float32
 
 
