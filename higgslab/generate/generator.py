@@ -43,8 +43,9 @@ from higgslab.model.lm import HiggsAudioModel
 
 CACHE_BUCKET = 256  # compiled decode steps: cache lengths are multiples of this
 # compile="auto": CPU runs of at least this many steps compile their step (the default 2048 does). Its
-# warm-up (compilation, once per cache bucket) is repaid by the faster steps of such a run; a short run
-# (a notebook's preview, a test) would only wait for it. bench/RESULTS.md has both measured.
+# warm-up (compilation, once per cache bucket) is repaid over such a run when inductor's on-disk cache
+# already holds the step, else over several runs of one Generator; a short run (a notebook's preview, a
+# test) would only wait for it. bench/RESULTS.md has both measured.
 AUTO_COMPILE_STEPS = 1024
 
 
