@@ -3,12 +3,18 @@
     python bench/generate_speed.py [--configs overhead mid real] [--steps 8 40] [--compile [MODE]]
     python bench/generate_speed.py --device cuda --configs overhead mid real --compile reduce-overhead
 
-Greedy, stream-eos rows of the audio head zeroed so that both run every step. The time per decode step
-is the difference between a long and a short run divided by the extra steps, so prefill and set-up
-cancel out. Prints ms/step for both and the ratio (transformers / higgslab: > 1 means higgslab is
-faster), for every config the effective GB/s of weights read per step, and the time of the step's matrix
-products alone (`weights_alone`: the floor for a bandwidth-bound step). `--device cuda` (or npu) runs
-both on an accelerator; `--compile reduce-overhead` adds CUDA graphs to the compiled step.
+Greedy, stream-eos rows of the audio head zeroed so that every contender runs every step. The time per
+decode step is the difference between a long and a short run divided by the extra steps, so prefill and
+set-up cancel out. The contenders, interleaved:
+- transformers' `generate` as it comes (dynamic cache, eager), with `cache_implementation="static"`, and
+  with the static cache compiled (`compile_config`: transformers' own compile of the decode forward);
+- higgslab's `Generator` with the settings a user gets by default for a `--default-steps` (2048) run
+  (`Generator(model)`, `compile="auto"`: the decision is printed), its eager step, and (`--compile`) the
+  compiled step.
+Ratios are transformers' default `generate` / higgslab (> 1: higgslab is faster) and transformers' best
+of the three / higgslab. Every config also prints the time of the step's matrix products alone
+(`weights_alone`: the floor for a bandwidth-bound step), its GB/s, and transformers' default over it.
+`--device cuda` (or npu) runs all on an accelerator; `--compile reduce-overhead` adds CUDA graphs.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import time
 import torch
 
 from higgslab.config import HiggsConfig
-from higgslab.device import pick_device, synchronize
+from higgslab.device import cpu_features, device_name, pick_device, synchronize
 from higgslab.errors import cli_errors
 from higgslab.generate.generator import Generator
 from higgslab.model.lm import HiggsAudioModel
@@ -86,13 +92,20 @@ def json_dict(hf_config) -> dict:
     return json.loads(hf_config.to_json_string())
 
 
-def per_step(runs: dict, short: int, long: int, repeats: int = 5) -> dict[str, float]:
-    """Seconds per extra decode step between a `short` and a `long` run, for each of `runs` (name → fn(n)).
+def per_step(
+    runs: dict, short: int, long: int, repeats: int = 5
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds per extra decode step between a `short` and a `long` run, for each of `runs` (name → fn(n)),
+    and the seconds of each one's first run (its warm-up: compilation where it compiles).
 
     The runs are interleaved and each keeps its best: on a shared machine every contender then sees the
     same background load, so the ratio stays meaningful even when the absolute times wobble."""
-    for run in runs.values():
-        run(short)  # warm-up (and compilation)
+    warm_up = {}
+    for name, run in runs.items():
+        t0 = time.perf_counter()
+        run(short)  # compiles where it compiles
+        warm_up[name] = time.perf_counter() - t0
+        run(long)  # a static cache sized for the long run may compile once more
     best = {name: [float("inf"), float("inf")] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
@@ -100,7 +113,7 @@ def per_step(runs: dict, short: int, long: int, repeats: int = 5) -> dict[str, f
                 t0 = time.perf_counter()
                 run(n)
                 best[name][i] = min(best[name][i], time.perf_counter() - t0)
-    return {name: (b[1] - b[0]) / (long - short) for name, b in best.items()}
+    return {name: (b[1] - b[0]) / (long - short) for name, b in best.items()}, warm_up
 
 
 def weight_bytes_per_step(model: HiggsAudioModel) -> int:
@@ -142,46 +155,96 @@ def weights_alone(model: HiggsAudioModel, repeats: int = 20) -> float:
     return best
 
 
-def measure(name: str, short: int, long: int, compile: bool | str, device: torch.device) -> None:
-    """Print ms/step of transformers and of higgslab (eager, and compiled with `compile` when set)."""
-    *_, target, threads = CONFIGS[name]
+TRANSFORMERS = ("default", "static", "static+compile")
+
+
+def transformers_runs(theirs, prompt: torch.Tensor, which: list[str]) -> dict:
+    """transformers' `generate` as it comes, with its static cache, and with the static cache compiled
+    (its documented path: `cache_implementation="static"` + `compile_config`; generate then compiles the
+    decode forward, on the CPU only when told `_compile_all_devices`)."""
+    from transformers import CompileConfig
+
+    compiled = CompileConfig()  # transformers' defaults: inductor, mode "reduce-overhead"
+    compiled._compile_all_devices = True
+    settings = {
+        "default": {},
+        "static": {"cache_implementation": "static"},
+        "static+compile": {"cache_implementation": "static", "compile_config": compiled},
+    }
+
+    def runner(extra: dict):
+        def run(n: int):
+            out = theirs.generate(input_ids=prompt, max_new_tokens=n, do_sample=False, **extra)
+            synchronize(prompt.device)
+            return out
+
+        return run
+
+    return {f"transformers {w}": runner(settings[w]) for w in which}
+
+
+def higgslab_runs(ours: HiggsAudioModel, default_steps: int, compile: bool | str) -> dict:
+    """higgslab's `Generator` as a user gets it for a `default_steps` run (`Generator(model)`), its eager
+    step when that default compiles, and `compile` when asked for and not already there."""
+    greedy = dict(temperature=0, ras_window=0)
+    default = Generator(ours).compiles(default_steps)
+    how = "eager" if not default else "compiled" if default is True else default
+    settings = {f"higgslab default ({default_steps} steps: {how})": default}
+    if default is not False:
+        settings["higgslab eager"] = False
+    if compile and compile != default:
+        settings["higgslab compiled" if compile is True else f"higgslab {compile}"] = compile
+
+    def runner(gen: Generator):
+        return lambda n: gen.generate(PROMPT, max_new_tokens=n, **greedy)
+
+    return {label: runner(Generator(ours, compile=c)) for label, c in settings.items()}
+
+
+def measure(
+    name: str,
+    short: int,
+    long: int,
+    compile: bool | str,
+    device: torch.device,
+    default_steps: int,
+    which: list[str],
+) -> None:
+    """Print ms/step of transformers' variants and of higgslab's, and the ratios."""
+    hidden, layers, heads, kv, inter, dtype, target, threads = CONFIGS[name]
     torch.set_num_threads(threads or DEFAULT_THREADS)
     ours, theirs = build(name, device)
     prompt = PROMPT[None].to(device)
-
-    def transformers_run(n: int):
-        out = theirs.generate(input_ids=prompt, max_new_tokens=n, do_sample=False)
-        synchronize(device)
-        return out
-
-    eager = Generator(ours)
-    greedy = dict(temperature=0, ras_window=0)
-    runs = {
-        "transformers": transformers_run,
-        "higgslab": lambda n: eager.generate(PROMPT, max_new_tokens=n, **greedy),
-    }
-    if compile:
-        compiled = Generator(ours, compile=compile)
-        label = "higgslab compiled" if compile is True else f"higgslab {compile}"
-        runs[label] = lambda n: compiled.generate(PROMPT, max_new_tokens=n, **greedy)
+    runs = transformers_runs(theirs, prompt, which) | higgslab_runs(ours, default_steps, compile)
     with torch.inference_mode():
-        reference = transformers_run(short + 9)[0].T.cpu()
-        same = torch.equal(eager.generate(PROMPT, max_new_tokens=short + 9, **greedy).columns, reference)
-        times = per_step(runs, short, long)
-    t_ref = times.pop("transformers")
+        reference = runs["transformers default"](short + 9)[0].T.cpu()
+        eager = Generator(ours, compile=False).generate(
+            PROMPT, max_new_tokens=short + 9, temperature=0, ras_window=0
+        )
+        same = torch.equal(eager.columns, reference)
+        times, warm_up = per_step(runs, short, long)
     floor = weights_alone(ours)
+    weights = weight_bytes_per_step(ours)
+    t_default = times["transformers default"]
+    t_best = min(t for label, t in times.items() if label.startswith("transformers"))
     where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
     print(
-        f"{name:9s} transformers {t_ref * 1e3:8.2f} ms/step  ({where}; "
-        f"same greedy codes as higgslab: {same}; the weights alone: {floor * 1e3:.2f} ms)"
+        f"\n{name}: hidden {hidden}, {layers} layers, {heads}/{kv} heads, FFN {inter}, {str(dtype)[6:]}, {where}; "
+        f"same greedy codes as higgslab: {same}\n"
+        f"  the weights alone: {floor * 1e3:.2f} ms ({weights / floor / 1e9:.1f} GB/s of weights); "
+        f"transformers default / weights alone: {t_default / floor:.2f}x"
+    )
+    print(
+        f"  {'contender':40s} {'ms/step':>8s} {'vs tf default':>14s} {'vs tf best':>11s} {'first run':>10s} {'GB/s':>6s}"
     )
     for label, t in times.items():
-        ratio = t_ref / t
-        gbs = weight_bytes_per_step(ours) / t / 1e9
-        verdict = "meets" if ratio >= target else "MISSES"
+        ratio = t_default / t
+        verdict = ""
+        if label.startswith("higgslab default"):
+            verdict = f"  (target >= {target}x: {'meets' if ratio >= target else 'MISSES'})"
         print(
-            f"{'':9s} {label:24s} {t * 1e3:8.2f} ms/step | ratio {ratio:5.2f}x (target >= {target}x: {verdict})"
-            f" | {gbs:6.2f} GB/s of weights",
+            f"  {label:40s} {t * 1e3:8.2f} {ratio:13.2f}x {t_best / t:10.2f}x {warm_up[label]:9.1f}s"
+            f" {weights / t / 1e9:6.2f}{verdict}",
             flush=True,
         )
 
@@ -198,15 +261,32 @@ def main() -> None:
         metavar="MODE",
         help="also measure higgslab with the compiled decode step (MODE: a torch.compile mode)",
     )
+    p.add_argument(
+        "--default-steps",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="measure higgslab's default settings as they are for a run of N steps (default 2048)",
+    )
+    p.add_argument(
+        "--transformers",
+        nargs="+",
+        default=list(TRANSFORMERS),
+        choices=TRANSFORMERS,
+        help="transformers' variants to measure (the default is always measured: the ratios' base)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, npu or auto (default: cpu)")
     args = p.parse_args()
     with cli_errors():  # an unknown or absent device: one line, not a traceback
         device = pick_device(args.device)
-    print(f"torch {torch.__version__}, {device}")
+    which = ["default"] + [w for w in args.transformers if w != "default"]
+    import transformers
+
+    machine = cpu_features() if device.type == "cpu" else device_name(device)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {device}: {machine}")
     for name in args.configs:
         short, long = args.steps if name != "real" else (4, 12)
-        for compile in (False, args.compile) if args.compile else (False,):
-            measure(name, short, long, compile, device)
+        measure(name, short, long, args.compile, device, args.default_steps, which)
 
 
 if __name__ == "__main__":

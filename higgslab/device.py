@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import re
+from pathlib import Path
 
 import torch
 
@@ -70,6 +71,27 @@ def device_name(device: torch.device) -> str:
     if device.type == "mps":
         return "Apple MPS"
     return platform.processor() or platform.machine() or "cpu"
+
+
+def cpu_features() -> str:
+    """The CPU's model name and the units its fast matrix kernels depend on, for reports: e.g.
+    "AMD EPYC (torch kernels: AVX2; AVX-512: no, AVX-512 bf16: no, AMX: no)"; the units only where
+    /proc/cpuinfo tells them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        info = ""
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    name = model[1].strip() if model else platform.processor() or platform.machine()
+    described = f"{name} (torch kernels: {torch.backends.cpu.get_cpu_capability()}"
+    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
+    if flags is None:
+        return described + ")"
+    units = {"AVX-512": "avx512f", "AVX-512 bf16": "avx512_bf16", "AMX": "amx_tile"}
+    have = set(flags[1].split())
+    return (
+        described + "; " + ", ".join(f"{u}: {'yes' if f in have else 'no'}" for u, f in units.items()) + ")"
+    )
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

@@ -3,7 +3,8 @@
 The LM (`model.lm`) knows nothing of generation; this file owns the loop. One decode step is
 `model.decode_audio_step` → `sampling.sample` → `delay.force`: fixed shapes, device tensors only, so
 that the whole step can be compiled once (`compile=True`) and, on CUDA, captured as a graph and replayed
-(`compile="reduce-overhead"`: torch.compile's CUDA graphs). The host looks
+(`compile="reduce-overhead"`: torch.compile's CUDA graphs). The default, `compile="auto"`, compiles the
+step for long runs on the CPU only (`Generator.compiles`). The host looks
 at the device only every `sync_every` steps (to stop when every row has closed its codebooks) and when
 streaming hands out frames.
 
@@ -41,6 +42,11 @@ from higgslab.model import packing
 from higgslab.model.lm import HiggsAudioModel
 
 CACHE_BUCKET = 256  # compiled decode steps: cache lengths are multiples of this
+# compile="auto": CPU runs of at least this many steps compile their step (the default 2048 does). Its
+# warm-up (compilation, once per cache bucket) is repaid over such a run when inductor's on-disk cache
+# already holds the step, else over several runs of one Generator; a short run (a notebook's preview, a
+# test) would only wait for it. bench/RESULTS.md has both measured.
+AUTO_COMPILE_STEPS = 1024
 
 
 class Generator:
@@ -53,12 +59,13 @@ class Generator:
         audio_tokenizer=None,
         text_tokenizer=None,
         *,
-        compile: bool | str = False,
+        compile: bool | str = "auto",
         sync_every: int = 16,
         cfg_scale: float = 1.0,
         pack: bool | None = None,
     ):
-        """`compile`: compile the decode step (True, or a torch.compile mode). `pack`: store the decode
+        """`compile`: compile the decode step (True, or a torch.compile mode), or not (False); "auto":
+        compile it for runs of `AUTO_COMPILE_STEPS` steps or more on the CPU (`compiles`). `pack`: store the decode
         weights fused, in the layout the CPU reads fastest (`model/packing.py`), before each run; None =
         on the CPU only, where it was measured to pay (~10 % of a float32 step); False leaves the model
         as it is."""
@@ -72,6 +79,13 @@ class Generator:
         self.pack = model.device.type == "cpu" if pack is None else pack
         self._rng = torch.Generator(device=model.device)
         self._steps: dict = {}
+
+    def compiles(self, max_new_tokens: int) -> bool | str:
+        """The `compile` setting a run of `max_new_tokens` steps uses: "auto" resolved (True for a long
+        run on the CPU, else False), any other setting as given."""
+        if self.compile != "auto":
+            return self.compile
+        return self.model.device.type == "cpu" and max_new_tokens >= AUTO_COMPILE_STEPS
 
     @classmethod
     def from_paths(
@@ -382,15 +396,16 @@ class Generator:
         stats = GenerationStats(prompt_tokens=T, device=str(dev))
         reset_peak_memory(dev)
 
+        compile = self.compiles(max_new_tokens)
         if self.pack:  # idempotent: repacks only layers whose weights were replaced, cast or moved
             packing.pack_for_decode(model)
         t0 = time.perf_counter()
         length = T + max_new_tokens
-        if self.compile:  # a compiled step is specialised to the cache's shape: round it, to reuse the code
+        if compile:  # a compiled step is specialised to the cache's shape: round it, to reuse the code
             length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
         cache = model.new_cache(len(rows), length)
         model(ids, codes, mask, cache=cache, logits="none")
-        cache.static = bool(self.compile)  # compiled steps see fixed shapes: the whole cache, masked
+        cache.static = bool(compile)  # compiled steps see fixed shapes: the whole cache, masked
         synchronize(dev)
         stats.prefill_s = time.perf_counter() - t0
 
@@ -399,7 +414,7 @@ class Generator:
         column = torch.full((B, n_q), c.stream_bos_id, dtype=torch.long, device=dev)
         columns[:, 0] = column
         state = delay.init_state(B, device=dev)
-        step_fn = self._step_fn(settings)
+        step_fn = self._step_fn(settings, compile)
         # temperature 0 is greedy whatever the seed: RAS (a random redraw) only runs when sampling
         history = None
         if settings.ras_window and settings.temperature > 0:
@@ -416,12 +431,12 @@ class Generator:
         # those on the CPU; in buckets under CUDA/NPU graphs, which record one graph for every window. It
         # stays shorter than the cache (T + t < length): a whole-cache slice is contiguous, and
         # torch.compile would specialise a step on that.
-        graphs = isinstance(self.compile, str)  # a torch.compile mode: "reduce-overhead" records CUDA graphs
+        graphs = isinstance(compile, str)  # a torch.compile mode: "reduce-overhead" records CUDA graphs
         window = CACHE_BUCKET if graphs else 1
         t1 = time.perf_counter()
         steps = max_new_tokens
         for t in range(1, max_new_tokens):
-            if self.compile:
+            if compile:
                 span = min(-(-(T + t) // window) * window, length - 1)
                 if t == 1 or span != cache.span:
                     cache.attend_to(span)
@@ -430,7 +445,7 @@ class Generator:
             if graphs:  # a CUDA/NPU graph's outputs live in its own buffers, which its next replay overwrites
                 column, state = column.clone(), delay.DelayState(*(x.clone() for x in state))
                 history = None if history is None else history.clone()
-            if t == 1 and self.compile and not stream:
+            if t == 1 and compile and not stream:
                 # the first compiled step has passed its guards; the others see the same objects with the same
                 # shapes (~0.25 ms a step on the CPU to re-check). Not when streaming: the caller runs between
                 # steps and may change the model.
@@ -472,14 +487,15 @@ class Generator:
                 )
             )
 
-    def _step_fn(self, settings: SamplingSettings):
+    def _step_fn(self, settings: SamplingSettings, compile: bool | str):
         """The decode step: logits → sampled column → delay forcing; pure device work, fixed shapes.
 
         `history` `[B, W, n_q]` holds the last W emitted columns for repetition-aware sampling (slots not
         yet filled hold -1, which matches no code); it is None when RAS is off. `noise`: the step's Exp(1)
-        draws (`sampling.exponential_noise`). Compiled (`compile=`) once per sampling setting and reused."""
+        draws (`sampling.exponential_noise`). Compiled (`compile`: True or a torch.compile mode) once per
+        sampling setting and reused."""
         scale = settings.cfg_scale
-        key = (settings.temperature, settings.top_k, settings.top_p, settings.ras_max_repeat, scale, self.compile)  # fmt: skip
+        key = (settings.temperature, settings.top_k, settings.top_p, settings.ras_max_repeat, scale, compile)  # fmt: skip
         if key in self._steps:
             return self._steps[key]
         model, stream_ids = self.model, self.config.stream_ids
@@ -504,9 +520,9 @@ class Generator:
                 history = torch.cat([history[:, 1:], column[:, None]], dim=1)
             return column, history, state
 
-        if self.compile:
+        if compile:
             # True: torch.compile's default mode; a string is a torch.compile mode ("reduce-overhead" = CUDA graphs)
-            mode = self.compile if isinstance(self.compile, str) else None
+            mode = compile if isinstance(compile, str) else None
             # on the CPU a C++ wrapper calls the step's kernels without Python in between (~1 ms a step at
             # hidden 1024); torch.compile takes options or a mode, not both
             cpu = mode is None and model.device.type == "cpu"

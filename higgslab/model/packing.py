@@ -1,13 +1,14 @@
 """Decode-step weight layout for CPUs: one matrix per fused projection, same parameters.
 
 A decode step multiplies one row per sequence by every weight matrix, so on a CPU it is a chain of
-matrix-vector products whose speed is the memory bandwidth. Two things make that chain faster (figures in
-bench/RESULTS.md, *Packed decode weights*; the bench prints the packed chain's time as "the weights alone"):
+matrix-vector products whose speed is the memory bandwidth. Two things make that chain faster (measured
+on an Intel Xeon with AMX and an AMD EPYC with AVX2 only: bench/RESULTS.md, *Packed decode weights*; the
+bench prints the packed chain's time as "the weights alone"):
 - fewer, larger products: q/k/v as one `[D, q + k + v]` matrix and the audio FFN's gate/up as one
   `[D, 2 · I]` matrix;
 - in float32 the `[in, out]` layout: MKL streams `x @ W` over a contiguous W faster than over the
-  transposed view that `nn.Linear`'s `[out, in]` weight gives. bfloat16 keeps `[out, in]`, which its
-  AMX kernels read faster (`prefers_in_out`).
+  transposed view that `nn.Linear`'s `[out, in]` weight gives. bfloat16 keeps `[out, in]`
+  (`prefers_in_out`).
 
 `pack_for_decode(model)` stores those matrices and re-points every `nn.Linear` weight it covers at a view
 of them (`param.data = view`): the same `Parameter` objects with the same values, state dict, hooks and
@@ -82,7 +83,8 @@ def packable(layer: nn.Module) -> bool:
 
 def prefers_in_out(dtype: torch.dtype) -> bool:
     """The layout a CPU reads faster for one row times a matrix: float32 (MKL) `[in, out]`, bfloat16
-    (oneDNN on AMX) `[out, in]` (bench/RESULTS.md, *Packed decode weights*)."""
+    (oneDNN) `[out, in]`, on every CPU measured, with AMX or AVX2 alone (bench/RESULTS.md, *Packed decode
+    weights*)."""
     return dtype == torch.float32
 
 

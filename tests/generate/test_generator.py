@@ -294,3 +294,36 @@ def test_the_checkpoint_generation_config_sets_the_default_scale(embedded_cache,
     assert Generator.from_paths(tmp_path / "model").cfg_scale == 3.0
     (tmp_path / "model" / "generation_config.json").write_text(json.dumps({"guidance_scale": None}))
     assert Generator.from_paths(tmp_path / "model").cfg_scale == 1.0  # transformers writes null when unset
+
+
+def test_auto_compiles_long_cpu_runs_only(gen, monkeypatch):
+    """The default `compile="auto"` compiles the step of a run of AUTO_COMPILE_STEPS or more on the CPU,
+    and that run gives the eager codes; a shorter run stays eager."""
+    from higgslab.generate import generator
+
+    auto = Generator(gen.model)
+    assert auto.compile == "auto"
+    assert auto.compiles(generator.AUTO_COMPILE_STEPS) is True
+    assert auto.compiles(generator.AUTO_COMPILE_STEPS - 1) is False
+    assert Generator(gen.model, compile=False).compiles(10**4) is False
+    assert Generator(gen.model, compile="reduce-overhead").compiles(1) == "reduce-overhead"
+    compiled = []  # torch.compile stood in for: the run takes the compiled path (static cache, window)
+
+    def fake_compile(step, **kw):
+        compiled.append(kw)
+        return step
+
+    monkeypatch.setattr(generator, "AUTO_COMPILE_STEPS", 24)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    kw = dict(temperature=0.9, top_k=40, seed=3)
+    eager = Generator(gen.model, compile=False)
+    assert torch.equal(
+        auto.generate(PROMPT, max_new_tokens=23, **kw).columns,
+        eager.generate(PROMPT, max_new_tokens=23, **kw).columns,
+    )
+    assert compiled == []
+    assert torch.equal(
+        auto.generate(PROMPT, max_new_tokens=30, **kw).columns,
+        eager.generate(PROMPT, max_new_tokens=30, **kw).columns,
+    )
+    assert len(compiled) == 1
