@@ -187,8 +187,10 @@ def higgslab_runs(ours: HiggsAudioModel, default_steps: int, compile: bool | str
     """higgslab's `Generator` as a user gets it for a `default_steps` run (`Generator(model)`), its eager
     step when that default compiles, and `compile` when asked for and not already there."""
     greedy = dict(temperature=0, ras_window=0)
-    default = Generator(ours).compiles(default_steps)
-    how = "eager" if not default else "compiled" if default is True else default
+    default, start = Generator(ours).compile_plan(
+        default_steps
+    )  # its steps from `start` on: what a long run runs
+    how = "eager" if not default else f"compiled from step {start}" if default is True else default
     settings = {f"higgslab default ({default_steps} steps: {how})": default}
     if default is not False:
         settings["higgslab eager"] = False

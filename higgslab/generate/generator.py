@@ -3,8 +3,9 @@
 The LM (`model.lm`) knows nothing of generation; this file owns the loop. One decode step is
 `model.decode_audio_step` → `sampling.sample` → `delay.force`: fixed shapes, device tensors only, so
 that the whole step can be compiled once (`compile=True`) and, on CUDA, captured as a graph and replayed
-(`compile="reduce-overhead"`: torch.compile's CUDA graphs). The default, `compile="auto"`, compiles the
-step for long runs on the CPU only (`Generator.compiles`). The host looks
+(`compile="reduce-overhead"`: torch.compile's CUDA graphs). The default, `compile="auto"`, switches a
+CPU run that is still going after `AUTO_COMPILE_AFTER` steps to the compiled step (`Generator.compile_plan`),
+so that only long runs pay the compiler's warm-up. The host looks
 at the device only every `sync_every` steps (to stop when every row has closed its codebooks) and when
 streaming hands out frames.
 
@@ -42,11 +43,11 @@ from higgslab.model import packing
 from higgslab.model.lm import HiggsAudioModel
 
 CACHE_BUCKET = 256  # compiled decode steps: cache lengths are multiples of this
-# compile="auto": CPU runs of at least this many steps compile their step (the default 2048 does). Its
-# warm-up (compilation, once per cache bucket) is repaid over such a run when inductor's on-disk cache
-# already holds the step, else over several runs of one Generator; a short run (a notebook's preview, a
-# test) would only wait for it. bench/RESULTS.md has both measured.
-AUTO_COMPILE_STEPS = 1024
+# compile="auto": a CPU run still going after this many eager steps continues with the compiled step. The
+# warm-up (compilation, once per cache bucket) is repaid only over a long remainder, and how long a run
+# will be is known only as it goes: a sentence, a notebook's preview or a test ends before this and never
+# waits for the compiler, while a long-form chunk or a run to the token limit compiles (bench/RESULTS.md).
+AUTO_COMPILE_AFTER = 512
 
 
 class Generator:
@@ -64,8 +65,8 @@ class Generator:
         cfg_scale: float = 1.0,
         pack: bool | None = None,
     ):
-        """`compile`: compile the decode step (True, or a torch.compile mode), or not (False); "auto":
-        compile it for runs of `AUTO_COMPILE_STEPS` steps or more on the CPU (`compiles`). `pack`: store the decode
+        """`compile`: compile the decode step (True, or a torch.compile mode), or not (False); "auto": on
+        the CPU, the steps of a run after its first `AUTO_COMPILE_AFTER` (`compile_plan`). `pack`: store the decode
         weights fused, in the layout the CPU reads fastest (`model/packing.py`), before each run; None =
         on the CPU only, where it was measured to pay (~10 % of a float32 step); False leaves the model
         as it is."""
@@ -80,12 +81,15 @@ class Generator:
         self._rng = torch.Generator(device=model.device)
         self._steps: dict = {}
 
-    def compiles(self, max_new_tokens: int) -> bool | str:
-        """The `compile` setting a run of `max_new_tokens` steps uses: "auto" resolved (True for a long
-        run on the CPU, else False), any other setting as given."""
+    def compile_plan(self, max_new_tokens: int) -> tuple[bool | str, int]:
+        """(the compile setting, the first step that runs compiled) for a run of `max_new_tokens` steps:
+        "auto" resolved (compiled after `AUTO_COMPILE_AFTER` eager steps when the run can go on that long
+        on the CPU, else eager), any other setting as given from step 1."""
         if self.compile != "auto":
-            return self.compile
-        return self.model.device.type == "cpu" and max_new_tokens >= AUTO_COMPILE_STEPS
+            return self.compile, 1
+        if self.model.device.type == "cpu" and max_new_tokens > AUTO_COMPILE_AFTER + 1:
+            return True, AUTO_COMPILE_AFTER + 1
+        return False, max_new_tokens
 
     @classmethod
     def from_paths(
@@ -396,7 +400,7 @@ class Generator:
         stats = GenerationStats(prompt_tokens=T, device=str(dev))
         reset_peak_memory(dev)
 
-        compile = self.compiles(max_new_tokens)
+        compile, compile_from = self.compile_plan(max_new_tokens)
         if self.pack:  # idempotent: repacks only layers whose weights were replaced, cast or moved
             packing.pack_for_decode(model)
         t0 = time.perf_counter()
@@ -405,7 +409,6 @@ class Generator:
             length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
         cache = model.new_cache(len(rows), length)
         model(ids, codes, mask, cache=cache, logits="none")
-        cache.static = bool(compile)  # compiled steps see fixed shapes: the whole cache, masked
         synchronize(dev)
         stats.prefill_s = time.perf_counter() - t0
 
@@ -414,7 +417,7 @@ class Generator:
         column = torch.full((B, n_q), c.stream_bos_id, dtype=torch.long, device=dev)
         columns[:, 0] = column
         state = delay.init_state(B, device=dev)
-        step_fn = self._step_fn(settings, compile)
+        step_fn = self._step_fn(settings, False)  # the compiled one takes over at step `compile_from`
         # temperature 0 is greedy whatever the seed: RAS (a random redraw) only runs when sampling
         history = None
         if settings.ras_window and settings.temperature > 0:
@@ -436,16 +439,19 @@ class Generator:
         t1 = time.perf_counter()
         steps = max_new_tokens
         for t in range(1, max_new_tokens):
-            if compile:
+            if compile and t == compile_from:
+                cache.static = True  # compiled steps see fixed shapes: the whole cache, masked
+                step_fn = self._step_fn(settings, compile)
+            if cache.static:
                 span = min(-(-(T + t) // window) * window, length - 1)
-                if t == 1 or span != cache.span:
+                if t == compile_from or span != cache.span:
                     cache.attend_to(span)
             noise = sampling.exponential_noise(noise_shape, n_draws, self._rng, dev)
             column, history, state = step_fn(column, history, state, cache, noise)
             if graphs:  # a CUDA/NPU graph's outputs live in its own buffers, which its next replay overwrites
                 column, state = column.clone(), delay.DelayState(*(x.clone() for x in state))
                 history = None if history is None else history.clone()
-            if t == 1 and compile and not stream:
+            if t == compile_from and cache.static and not stream:
                 # the first compiled step has passed its guards; the others see the same objects with the same
                 # shapes (~0.25 ms a step on the CPU to re-check). Not when streaming: the caller runs between
                 # steps and may change the model.

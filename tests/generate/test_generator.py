@@ -296,34 +296,49 @@ def test_the_checkpoint_generation_config_sets_the_default_scale(embedded_cache,
     assert Generator.from_paths(tmp_path / "model").cfg_scale == 1.0  # transformers writes null when unset
 
 
-def test_auto_compiles_long_cpu_runs_only(gen, monkeypatch):
-    """The default `compile="auto"` compiles the step of a run of AUTO_COMPILE_STEPS or more on the CPU,
-    and that run gives the eager codes; a shorter run stays eager."""
+def test_auto_compiles_what_remains_of_long_cpu_runs(gen, monkeypatch):
+    """The default `compile="auto"` runs eager for AUTO_COMPILE_AFTER steps and hands a CPU run that goes
+    on past them to the compiled step, mid-run, with the eager codes; a shorter run never compiles."""
     from higgslab.generate import generator
 
     auto = Generator(gen.model)
+    after = generator.AUTO_COMPILE_AFTER
     assert auto.compile == "auto"
-    assert auto.compiles(generator.AUTO_COMPILE_STEPS) is True
-    assert auto.compiles(generator.AUTO_COMPILE_STEPS - 1) is False
-    assert Generator(gen.model, compile=False).compiles(10**4) is False
-    assert Generator(gen.model, compile="reduce-overhead").compiles(1) == "reduce-overhead"
-    compiled = []  # torch.compile stood in for: the run takes the compiled path (static cache, window)
+    assert auto.compile_plan(after + 2) == (True, after + 1)
+    assert auto.compile_plan(after + 1) == (False, after + 1)
+    assert Generator(gen.model, compile=False).compile_plan(10**4) == (False, 1)
+    assert Generator(gen.model, compile="reduce-overhead").compile_plan(1) == ("reduce-overhead", 1)
+    compiled = []  # torch.compile stood in for: the rest of the run takes the compiled path (static cache, window)
 
     def fake_compile(step, **kw):
         compiled.append(kw)
         return step
 
-    monkeypatch.setattr(generator, "AUTO_COMPILE_STEPS", 24)
+    monkeypatch.setattr(generator, "AUTO_COMPILE_AFTER", 20)
     monkeypatch.setattr(torch, "compile", fake_compile)
     kw = dict(temperature=0.9, top_k=40, seed=3)
     eager = Generator(gen.model, compile=False)
     assert torch.equal(
-        auto.generate(PROMPT, max_new_tokens=23, **kw).columns,
-        eager.generate(PROMPT, max_new_tokens=23, **kw).columns,
+        auto.generate(PROMPT, max_new_tokens=21, **kw).columns,
+        eager.generate(PROMPT, max_new_tokens=21, **kw).columns,
     )
     assert compiled == []
+    static = []  # which steps saw the static cache
+    step = auto._step_fn
+
+    def spy(settings, compile):
+        inner = step(settings, compile)
+
+        def run(column, history, state, cache, noise):
+            static.append(cache.static)
+            return inner(column, history, state, cache, noise)
+
+        return run
+
+    monkeypatch.setattr(auto, "_step_fn", spy)
     assert torch.equal(
         auto.generate(PROMPT, max_new_tokens=30, **kw).columns,
         eager.generate(PROMPT, max_new_tokens=30, **kw).columns,
     )
     assert len(compiled) == 1
+    assert static == [False] * 20 + [True] * 9  # steps 1..20 eager, 21..29 compiled
