@@ -237,7 +237,7 @@ def measure(
         f"transformers default / weights alone: {t_default / floor:.2f}x"
     )
     print(
-        f"  {'contender':40s} {'ms/step':>8s} {'vs tf default':>14s} {'vs tf best':>11s} {'first run':>10s} {'GB/s':>6s}"
+        f"  {'contender':46s} {'ms/step':>8s} {'vs tf default':>14s} {'vs tf best':>11s} {'first run':>10s} {'GB/s':>6s}"
     )
     for label, t in times.items():
         ratio = t_default / t
@@ -245,7 +245,7 @@ def measure(
         if label.startswith("higgslab default"):
             verdict = f"  (target >= {target}x: {'meets' if ratio >= target else 'MISSES'})"
         print(
-            f"  {label:40s} {t * 1e3:8.2f} {ratio:13.2f}x {t_best / t:10.2f}x {warm_up[label]:9.1f}s"
+            f"  {label:46s} {t * 1e3:8.2f} {ratio:13.2f}x {t_best / t:10.2f}x {warm_up[label]:9.1f}s"
             f" {weights / t / 1e9:6.2f}{verdict}",
             flush=True,
         )
