@@ -99,7 +99,7 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
             cfg.temperature,
             cfg.max_new_tokens,
             gen.audio_tokenizer.hop_length,
-            gen.config.codebook_size,
+            gen.config.stream_ids,
             thresholds,
         )
     if wanted(cfg, "performance"):

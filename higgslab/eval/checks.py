@@ -59,7 +59,7 @@ def audio_finite(audio: np.ndarray) -> Check:
     return Check("audio_finite", bad == 0, bad, 0, f"{bad} NaN/Inf samples of {x.size}" if bad else "")
 
 
-def codes_valid(codes: torch.Tensor | np.ndarray, codebook_size: int = 1024) -> Check:
+def codes_valid(codes: torch.Tensor | np.ndarray, codebook_size: int) -> Check:
     """Every code is an integer in [0, codebook_size): stream tokens and garbage never reach the decoder."""
     c = torch.as_tensor(codes)
     if c.is_floating_point():  # codes must be integers; NaN/Inf or fractions mean a broken sampler
@@ -114,7 +114,7 @@ def codebook_use(codes: torch.Tensor, t: Thresholds = DEFAULT) -> Check:
     )
 
 
-def not_truncated(columns: torch.Tensor, finished: bool, eos_id: int = 1025) -> Check:
+def not_truncated(columns: torch.Tensor, finished: bool, eos_id: int) -> Check:
     """Every codebook closed its stream (emitted eos) before max length, and `finished` says so.
 
     A stream cut at `max_new_tokens` fails (the speech may stop mid-word); so does a `finished` flag

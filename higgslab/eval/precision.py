@@ -10,28 +10,29 @@ from __future__ import annotations
 
 import numpy as np
 
+from higgslab.config import StreamIds
 from higgslab.eval import checks
 from higgslab.eval.checks import DEFAULT, Check, Thresholds
 from higgslab.eval.harness import Clip, GenerateFn
 from higgslab.tokenizer.stats import codebook_stats, codebook_usage
 
 
-def clip_summary(clip: Clip, seed: int, t: Thresholds, hop_length: int, codebook_size: int) -> dict:
+def clip_summary(clip: Clip, seed: int, t: Thresholds, hop_length: int, ids: StreamIds) -> dict:
     """One clip's figures and checks (the report's `precision.seeds[i]`)."""
     audio = np.zeros(0, np.float32) if clip.audio is None else np.asarray(clip.audio)
-    code_check = checks.codes_valid(clip.codes, codebook_size)
+    code_check = checks.codes_valid(clip.codes, ids.codebook_size)
     found = [
         code_check,
         *checks.audio_checks(audio, clip.sample_rate, t),
         checks.frames_decode(clip.codes, audio, hop_length),
         checks.codebook_use(clip.codes, t),
-        checks.not_truncated(clip.columns, clip.finished, eos_id=codebook_size + 1),
+        checks.not_truncated(clip.columns, clip.finished, ids.eos),
     ]
     usage = None
     if code_check.passed and clip.codes.shape[-1]:
-        stats = codebook_stats(codebook_usage([clip.codes], bins=codebook_size))
+        stats = codebook_stats(codebook_usage([clip.codes], bins=ids.codebook_size))
         usage = {
-            "distinct": [int(codebook_size - d) for d in stats.dead],
+            "distinct": [int(ids.codebook_size - d) for d in stats.dead],
             "perplexity": [round(float(p), 2) for p in stats.perplexity],
             "top_share": [round(float(s), 4) for s in stats.top_share],
         }
@@ -56,14 +57,15 @@ def run_precision(
     temperature: float,
     max_new_tokens: int,
     hop_length: int,
-    codebook_size: int = 1024,
+    ids: StreamIds,
     t: Thresholds = DEFAULT,
 ) -> dict:
-    """Generate one clip per seed, then the determinism pairs; the report's `precision` section."""
+    """Generate one clip per seed, then the determinism pairs; the report's `precision` section. `ids`: the
+    model's stream ids (`HiggsConfig.stream_ids`)."""
     if not seeds:
         raise ValueError("precision needs at least one seed")
     clips = {s: generate(seed=s, temperature=temperature, max_new_tokens=max_new_tokens) for s in seeds}
-    per_seed = [clip_summary(clips[s], s, t, hop_length, codebook_size) for s in seeds]
+    per_seed = [clip_summary(clips[s], s, t, hop_length, ids) for s in seeds]
 
     bad = [p["seed"] for p in per_seed if not p["passed"]]
     across = [

@@ -68,7 +68,7 @@ class Generator:
         """`compile`: compile the decode step (True, or a torch.compile mode), or not (False); "auto": on
         the CPU, the steps of a run after its first `AUTO_COMPILE_AFTER` (`compile_plan`). `pack`: store the decode
         weights fused, in the layout the CPU reads fastest (`model/packing.py`), before each run; None =
-        on the CPU only, where it was measured to pay (~10 % of a float32 step); False leaves the model
+        on the CPU only, where it was measured to pay (bench/RESULTS.md); False leaves the model
         as it is."""
         self.model = model.eval()
         self.audio_tokenizer = audio_tokenizer
@@ -453,7 +453,7 @@ class Generator:
                 history = None if history is None else history.clone()
             if t == compile_from and cache.static and not stream:
                 # the first compiled step has passed its guards; the others see the same objects with the same
-                # shapes (~0.25 ms a step on the CPU to re-check). Not when streaming: the caller runs between
+                # shapes, and re-checking them costs a CPU step measurably. Not when streaming: the caller runs between
                 # steps and may change the model.
                 step_fn = _skipping_guards(step_fn)
             columns[:, t] = column
@@ -529,8 +529,8 @@ class Generator:
         if compile:
             # True: torch.compile's default mode; a string is a torch.compile mode ("reduce-overhead" = CUDA graphs)
             mode = compile if isinstance(compile, str) else None
-            # on the CPU a C++ wrapper calls the step's kernels without Python in between (~1 ms a step at
-            # hidden 1024); torch.compile takes options or a mode, not both
+            # on the CPU a C++ wrapper calls the step's kernels without Python in between (bench/RESULTS.md);
+            # torch.compile takes options or a mode, not both
             cpu = mode is None and model.device.type == "cpu"
             step = torch.compile(
                 step, dynamic=False, mode=mode, options={"cpp_wrapper": True} if cpu else None

@@ -11,6 +11,7 @@ import torch
 from higgslab import delay
 
 SR, HOP = 24000, 960
+IDS = delay.StreamIds.after_codes(1024)  # the stubs' codes: 8 codebooks of 1024, as the real model
 
 
 def speech_like(frames: int, seed: int = 0) -> np.ndarray:
@@ -34,7 +35,7 @@ class StubClip:
 def good_clip(seed: int = 0, frames: int = 50) -> StubClip:
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 1024, (8, frames), generator=g)
-    ids = delay.StreamIds.after_codes(1024)
+    ids = IDS
     bos = torch.full((8, 1), ids.bos)
     columns = torch.cat([bos, delay.apply(torch.cat([bos, codes, torch.full((8, 1), ids.eos)], 1), ids)], 1)
     steps = columns.shape[1]

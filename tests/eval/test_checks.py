@@ -6,7 +6,9 @@ import torch
 
 from higgslab.eval import checks
 from higgslab.eval.checks import Thresholds
-from tests.eval.stubs import HOP, SR, good_clip, speech_like, truncated
+from tests.eval.stubs import HOP, IDS, SR, good_clip, speech_like, truncated
+
+EOS = IDS.eos
 
 
 def test_plausible_clip_passes_every_audio_check():
@@ -65,13 +67,13 @@ def test_clipping_fails():
 
 def test_codes_valid_fails_on_stream_ids_negatives_and_nan():
     codes = good_clip().codes
-    assert checks.codes_valid(codes).passed
+    assert checks.codes_valid(codes, 1024).passed
     for bad in (1024, 1025, -1):
         broken = codes.clone()
         broken[3, 7] = bad
-        assert not checks.codes_valid(broken).passed
-    assert not checks.codes_valid(torch.tensor([[1.0, float("nan")]])).passed
-    assert not checks.codes_valid(torch.tensor([[1.5, 2.0]])).passed
+        assert not checks.codes_valid(broken, 1024).passed
+    assert not checks.codes_valid(torch.tensor([[1.0, float("nan")]]), 1024).passed
+    assert not checks.codes_valid(torch.tensor([[1.5, 2.0]]), 1024).passed
 
 
 def test_frames_decode_fails_on_lost_tail():
@@ -91,13 +93,13 @@ def test_codebook_use_fails_on_a_collapsed_codebook():
 
 def test_truncated_stream_fails_reported_or_not():
     clip = good_clip()
-    assert checks.not_truncated(clip.columns, True).passed
+    assert checks.not_truncated(clip.columns, True, EOS).passed
     cut = truncated(good_clip())
-    c = checks.not_truncated(cut.columns, True)  # claims finished: an unreported truncation
+    c = checks.not_truncated(cut.columns, True, EOS)  # claims finished: an unreported truncation
     assert not c.passed and "finished=True" in c.detail
-    c = checks.not_truncated(cut.columns, False)  # reported, still a failed clip
+    c = checks.not_truncated(cut.columns, False, EOS)  # reported, still a failed clip
     assert not c.passed and "never closed" in c.detail
-    assert not checks.not_truncated(clip.columns, False).passed  # flag disagrees with the columns
+    assert not checks.not_truncated(clip.columns, False, EOS).passed  # flag disagrees with the columns
 
 
 def test_identical_fails_on_any_difference():

@@ -3,11 +3,11 @@
 import numpy as np
 
 from higgslab.eval.precision import run_precision
-from tests.eval.stubs import HOP, StubGenerator, truncated
+from tests.eval.stubs import HOP, IDS, StubGenerator, truncated
 
 
 def precision(gen):
-    return run_precision(gen, seeds=[1, 2, 3], temperature=0.3, max_new_tokens=200, hop_length=HOP)
+    return run_precision(gen, seeds=[1, 2, 3], temperature=0.3, max_new_tokens=200, hop_length=HOP, ids=IDS)
 
 
 def failed(report) -> set[str]:

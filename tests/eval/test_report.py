@@ -19,7 +19,7 @@ from higgslab.eval.report import (
     validate,
     write_report,
 )
-from tests.eval.stubs import HOP, StubGenerator, truncated
+from tests.eval.stubs import HOP, IDS, StubGenerator, truncated
 
 
 def stub_report(gen=None) -> dict:
@@ -51,7 +51,7 @@ def stub_report(gen=None) -> dict:
             "max_new_tokens": 200,
             "thresholds": dict(DEFAULT.__dict__),
         },
-        "precision": run_precision(gen, [1, 2], 0.3, 200, HOP),
+        "precision": run_precision(gen, [1, 2], 0.3, 200, HOP, IDS),
         "performance": run_performance(gen, [16, 32], seed=1, temperature=0.3),
         "quality": skipped("quality metrics need jiwer: pip install 'higgslab[eval]'"),
     }
