@@ -16,6 +16,7 @@ from pathlib import Path
 from higgslab.errors import HiggsLabError
 
 ASSETS = Path(__file__).parent / "assets" / "mini"
+TINY_LABEL = "embedded tiny RANDOM weights (no checkpoint configured: the audio is noise)"
 
 
 def cache_root() -> Path:
@@ -51,7 +52,7 @@ def resolve_paths(model_path: str | None, tokenizer_path: str | None) -> tuple[P
         raise HiggsLabError(f"HIGGSLAB_EMBEDDED={choice!r}: expected 'mini' or 'tiny'")
     if choice == "tiny":
         model, tokenizer = tiny_random_paths()
-        return model, tokenizer, "embedded tiny RANDOM weights (no checkpoint configured: the audio is noise)"
+        return model, tokenizer, TINY_LABEL
     if not (ASSETS / "model" / "config.json").is_file():
         raise HiggsLabError(
             f"{ASSETS}: the shipped higgslab-mini is missing (reinstall higgslab, give model_path=..., "

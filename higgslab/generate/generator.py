@@ -80,6 +80,7 @@ class Generator:
         self.pack = model.device.type == "cpu" if pack is None else pack
         self._rng = torch.Generator(device=model.device)
         self._steps: dict = {}
+        self.label: str | None = None  # which model this is, when `from_pretrained` knows
 
     def compile_plan(self, max_new_tokens: int) -> tuple[bool | str, int]:
         """(the compile setting, the first step that runs compiled) for a run of `max_new_tokens` steps:
@@ -90,6 +91,29 @@ class Generator:
         if self.model.device.type == "cpu" and max_new_tokens > AUTO_COMPILE_AFTER + 1:
             return True, AUTO_COMPILE_AFTER + 1
         return False, max_new_tokens
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        tokenizer_path: str | Path | None = None,
+        device: str = "auto",
+        **kw,
+    ) -> Generator:
+        """The model a user means, as the CLI resolves it: no `path` = the embedded default (higgslab-mini,
+        or `HIGGSLAB_EMBEDDED=tiny`), `"tiny"` = tiny random checkpoints (noise out, the real plumbing), a
+        directory = that checkpoint (with `tokenizer_path` for audio). `label` says which one is in use."""
+        from higgslab.embedded import TINY_LABEL, resolve_paths, tiny_random_paths
+
+        if str(path) == "tiny":
+            model_dir, tokenizer_dir, label = *tiny_random_paths(), TINY_LABEL
+        else:
+            model_dir, tokenizer_dir, label = resolve_paths(
+                None if path is None else str(path), None if tokenizer_path is None else str(tokenizer_path)
+            )
+        gen = cls.from_paths(model_dir, tokenizer_dir, device=device, **kw)
+        gen.label = label
+        return gen
 
     @classmethod
     def from_paths(

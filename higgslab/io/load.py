@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from higgslab.device import pick_device
 from higgslab.io import codec_format, lm_format
 
 
@@ -25,6 +26,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     """
     from higgslab.model.lm import HiggsAudioModel
 
+    device = pick_device(str(device))  # an unavailable device is one line, before anything is read
     config, tensors, where = lm_format.read_checkpoint(path)
     with torch.device("meta"):
         model = HiggsAudioModel(config, text_head="text_head.weight" in tensors)
@@ -40,6 +42,7 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu"):
     from higgslab.tokenizer.codec import AudioTokenizer
     from higgslab.tokenizer.model import HiggsAudioCodec
 
+    device = pick_device(str(device))
     cfg, tensors, fmt, weights = codec_format.read_codec(path)
     with torch.device("meta"):
         model = HiggsAudioCodec(cfg)
