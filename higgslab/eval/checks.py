@@ -5,7 +5,7 @@
 
 Audio is float32 `[samples]` at `sample_rate`; codes are `[n_q, F]` (delay reverted, values in
 [0, codebook_size)); columns are the generated delayed columns `[n_q, S]` with stream bos/eos included.
-The thresholds live in `Thresholds` (and `conf/eval.yaml`), defaults set for 24 kHz speech.
+The thresholds live in `Thresholds` (and `higgslab/conf/eval.yaml`), defaults set for 24 kHz speech.
 """
 
 from __future__ import annotations

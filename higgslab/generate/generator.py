@@ -66,8 +66,8 @@ class Generator:
         pack: bool | None = None,
     ):
         """`compile`: compile the decode step (True, or a torch.compile mode), or not (False); "auto": on
-        the CPU, the steps of a run after its first `AUTO_COMPILE_AFTER` (`compile_plan`). `pack`: store the decode
-        weights fused, in the layout the CPU reads fastest (`model/packing.py`), before each run; None =
+        the CPU, the steps of a run after its first `AUTO_COMPILE_AFTER` (`compile_plan`). `pack`: store the
+        decode weights fused, in the layout the CPU reads fastest (`model/packing.py`), before each run; None =
         on the CPU only, where it was measured to pay (bench/RESULTS.md); False leaves the model
         as it is."""
         self.model = model.eval()
@@ -477,8 +477,8 @@ class Generator:
                 history = None if history is None else history.clone()
             if t == compile_from and cache.static and not stream:
                 # the first compiled step has passed its guards; the others see the same objects with the same
-                # shapes, and re-checking them costs a CPU step measurably. Not when streaming: the caller runs between
-                # steps and may change the model.
+                # shapes, and re-checking them costs a CPU step measurably. Not when streaming: the caller runs
+                # between steps and may change the model.
                 step_fn = _skipping_guards(step_fn)
             columns[:, t] = column
             if t == n_q and stats.time_to_first_audio_s is None:  # column n_q completes frame 0

@@ -38,7 +38,7 @@ from higgslab.train.data import Clip, plan
 
 
 def held_out_clips(n: int) -> list[Clip]:
-    """The first `n` validation clips (text, voice, speed) of the corpus `conf/experiment/mini.yaml` plans."""
+    """The first `n` validation clips (text, voice, speed) of the corpus `higgslab/conf/experiment/mini.yaml` plans."""
     from omegaconf import OmegaConf
 
     from higgslab.conf import CONF_DIR

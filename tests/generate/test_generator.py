@@ -308,7 +308,7 @@ def test_auto_compiles_what_remains_of_long_cpu_runs(gen, monkeypatch):
     assert auto.compile_plan(after + 1) == (False, after + 1)
     assert Generator(gen.model, compile=False).compile_plan(10**4) == (False, 1)
     assert Generator(gen.model, compile="reduce-overhead").compile_plan(1) == ("reduce-overhead", 1)
-    compiled = []  # torch.compile stood in for: the rest of the run takes the compiled path (static cache, window)
+    compiled = []  # torch.compile stood in for: the run's rest takes the compiled path (static cache, window)
 
     def fake_compile(step, **kw):
         compiled.append(kw)

@@ -1,4 +1,4 @@
-"""`Generator.from_pretrained`: the model a user means, by the CLI's rules; an unavailable device is one line."""
+"""`Generator.from_pretrained`: the model a user means, by the CLI's rules; a device not here is one line."""
 
 import pytest
 import torch
