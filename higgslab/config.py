@@ -124,6 +124,9 @@ class HiggsConfig:
         if not isinstance(d, dict):
             raise HiggsLabError(f"{where}: expected a JSON object, got {type(d).__name__}")
         kind = d.get("model_type")
+        for key in CARRIED.values():
+            if key in d and not isinstance(d[key], dict):
+                raise HiggsLabError(f"{where}: '{key}' must be a JSON object, got {type(d[key]).__name__}")
         if kind == "higgs_audio":
             cfg = cls._from_original(d, where)
         elif kind == "higgs_audio_v2":
@@ -176,9 +179,7 @@ class HiggsConfig:
     @classmethod
     def _from_transformers(cls, d: dict[str, Any], where: str) -> HiggsConfig:
         keys = _Keys(d, where)
-        carried = d.get(CARRIED["original"])  # the original-only keys a converted file brought along
-        if not isinstance(carried, dict):
-            carried = {}
+        carried = d.get(CARRIED["original"], {})  # the original-only keys a converted file brought along
         fields = (
             cls._llama_fields(keys)
             | keys.fields(TRANSFORMERS_REQUIRED, TRANSFORMERS_OPTIONAL)

@@ -189,6 +189,36 @@ def test_the_real_config_round_trips_both_ways():
     assert same_json(back, plain)
 
 
+def test_values_a_reader_normalises_travel_along(lm_checkpoints):
+    """transformers allows a null bos and a list of eos ids; ours reads 128000 and 128009 for them."""
+    theirs = config_of(lm_checkpoints["transformers"]) | {
+        "bos_token_id": None,
+        "eos_token_id": [128001, 128009],
+    }
+    original = HiggsConfig.from_dict(theirs).to_original_dict()
+    assert (original["text_config"]["bos_token_id"], original["eot_token_id"]) == (128000, 128009)
+    assert original["higgslab_transformers_keys"] == {
+        "bos_token_id": None,
+        "eos_token_id": [128001, 128009],
+        "dtype": "float32",
+        "transformers_version": theirs["transformers_version"],
+    }
+    assert same_json(HiggsConfig.from_dict(original).to_transformers_dict(), theirs)
+
+
+@pytest.mark.parametrize("key", ["higgslab_original_keys", "higgslab_transformers_keys"])
+def test_a_carried_block_that_is_not_an_object_is_one_line(lm_checkpoints, tmp_path, capsys, key):
+    src = tmp_path / "src"
+    shutil.copytree(lm_checkpoints["transformers"], src)
+    (src / "config.json").write_text(json.dumps(config_of(src) | {key: [1]}))
+    with pytest.raises(SystemExit) as e:
+        main([str(src), str(tmp_path / "out"), "--to", "original"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {src / 'config.json'}: '{key}' must be a JSON object, got list\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_omitted_keys_mean_the_same_to_transformers():
     """A converted file leaves out keys whose value is the reader's default; transformers' defaults agree."""
     from transformers import HiggsAudioV2Config
@@ -213,19 +243,13 @@ def test_transformers_loads_the_converted_checkpoint(which, lm_checkpoints, orac
     codes = torch.randint(
         0, cfg.codebook_entries, (1, cfg.num_codebooks, 5), generator=torch.Generator().manual_seed(0)
     )
+    frames = dict(
+        audio_input_ids=codes.transpose(1, 2), audio_input_ids_mask=torch.ones(1, 5, dtype=torch.bool)
+    )
     with torch.no_grad():
-        out = theirs(
-            input_ids=ids,
-            audio_input_ids=codes.transpose(1, 2),
-            audio_input_ids_mask=torch.ones(1, 5, dtype=torch.bool),
-        )
+        out = theirs(input_ids=ids, **frames)
         logits = out.logits.view(*ids.shape, cfg.num_codebooks, cfg.codebook_entries)
         assert (logits - ours(ids, codes).audio_logits).abs().max() < 1e-4
         assert logits.abs().max() > 0.1
         if which == "tiny":  # the very weights and config transformers wrote
-            same = oracle(
-                input_ids=ids,
-                audio_input_ids=codes.transpose(1, 2),
-                audio_input_ids_mask=torch.ones(1, 5, dtype=torch.bool),
-            )
-            assert torch.equal(out.logits, same.logits)
+            assert torch.equal(out.logits, oracle(input_ids=ids, **frames).logits)
