@@ -36,8 +36,8 @@ Every other key of the file read that the target layout would not give back as i
 verbatim in one namespaced key, `CARRIED[source layout]`: the transformers file gets `higgslab_original_keys`
 (e.g. a small model's `audio_eos_token_id`, `audio_adapter_type: dual_ffn`, Boson's token strings) and the
 original file gets `higgslab_transformers_keys` (e.g. `dtype`, `transformers_version`). Converting back
-puts them where they were. Both loaders take the files as they are (transformers keeps an unknown key as
-an attribute); ours also reads the original-only ids from `higgslab_original_keys` (`ORIGINAL_ONLY`), so a
+puts them where they were. transformers' HiggsAudioV2 loads such a file (it keeps an unknown key as an
+attribute); ours also reads the original-only ids from `higgslab_original_keys` (`ORIGINAL_ONLY`), so a
 converted small model keeps ids inside its vocabulary. A key that a layout has no reader default for and
 the source file lacks (Boson's `use_delay_pattern`, say) is written anew: its value is the one assumed.
 """
@@ -186,9 +186,8 @@ class HiggsConfig:
             | _Keys(carried, where, f"{CARRIED['original']}.").fields({}, ORIGINAL_ONLY)
         )
         fields["codebook_size"] -= 2  # transformers' codebook_size counts the two stream tokens (1026 there)
-        fields["dual_ffn_layers"] = tuple(
-            fields["dual_ffn_layers"] or range(fields["num_layers"])
-        )  # all there
+        layers = fields["dual_ffn_layers"]  # every layer is DualFFN there, unless the carried keys name them
+        fields["dual_ffn_layers"] = tuple(range(fields["num_layers"]) if layers is None else layers)
         fields["audio_self_attention"] = bool(fields["audio_self_attention"])
         eos = d.get("eos_token_id")
         return cls(
@@ -448,7 +447,7 @@ CARRIED: dict[Layout, str] = {
 }
 # keys a file may leave out, with the value the reader then takes: written only where the value differs
 READER_DEFAULTS: dict[Layout, dict[str, Any]] = {
-    "original": {key: default for key, default in ORIGINAL_OPTIONAL.values()}
+    "original": dict(ORIGINAL_OPTIONAL.values())
     | {f"text_config.{key}": default for key, default in LLAMA_OPTIONAL.values()}
     | {"text_config.rope_scaling": None},
     "transformers": dict(
