@@ -235,7 +235,9 @@ class HiggsConfig:
         other: Layout = self.source_format
         raw = _flat(self.raw)
         restored = _flat(raw.pop(CARRIED[fmt], None) or {})  # what an earlier `fmt` file carried here
-        out = _flat(self._written(fmt, _nest(_renamed(raw, fmt) | restored))) | restored
+        out = _flat(self._written(fmt, _nest(_renamed(raw, fmt) | restored)))
+        if restored and HiggsConfig.from_dict(_nest(out | restored)) == self:
+            out |= restored  # the earlier file's own values, unless a field was changed since
         # carry every key of the file read that converting `out` back would not give back as it was
         reread = HiggsConfig.from_dict(_nest(out), where=f"the {fmt} config written")
         back = _flat(reread._written(other, _nest(_renamed(out, other))))

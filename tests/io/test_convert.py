@@ -157,6 +157,8 @@ def test_a_small_vocabulary_keeps_its_ids_in_the_transformers_layout(tmp_path):
     )
     assert [getattr(hf, i) for i in ids] == [992, 994, 995, 998, 999] == [getattr(mini, i) for i in ids]
     assert hf.adapter_type == "dual_ffn"
+    edited = HiggsConfig.from_dict(hf.replace(audio_eos_token_id=5).to_original_dict())
+    assert edited == mini.replace(audio_eos_token_id=5)  # a field changed since wins over the carried key
     assert config_of(tmp_path / "hf")["higgslab_original_keys"] == {
         "audio_adapter_type": "dual_ffn",
         "audio_bos_token_id": 994,
