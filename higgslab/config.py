@@ -2,16 +2,44 @@
 
 The original Boson checkpoint (`model_type: higgs_audio`) nests a Llama `text_config` and names the audio
 settings `audio_*`; the transformers port (`model_type: higgs_audio_v2`) is a flat LlamaConfig plus
-`num_codebooks`/`codebook_size`. Both become the same dataclass, and both can be written back, so that a
-round trip through `higgslab.convert` is exact.
+`num_codebooks`/`codebook_size`. Both become the same dataclass, and both can be written back.
 
 Shapes, ids and the numbers the forward pass uses come only from the checkpoint's own file: a missing key
 that sets one is a one-line `HiggsLabError` naming it, never a default (transformers' own defaults carry
 other llama3 RoPE numbers and a head_dim of 128: FORMATS.md §1, §9). The tables below say which keys each
 flavour must have (`*_REQUIRED`) and which the real files may leave out, with the value both formats'
 readers give them then (`*_OPTIONAL`): Llama's bias/activation/tying defaults, and the three Llama-3
-reserved-slot ids that Boson's file does not name (FORMATS.md §5).
+reserved-slot ids that Boson's file does not name (FORMATS.md §5; transformers' may leave out the delay one).
 The dataclass defaults below are the real 3B model, for configs built in code.
+
+Converting between the layouts (`higgslab.convert`) is exact both ways, key for key: original ->
+transformers -> original and transformers -> original -> transformers give back the file read. Each layout
+writes its own `model_type` and `architectures`; the keys both hold are renamed by one table, `RENAMES`,
+used in both directions:
+
+    original (`text_config.` = its nested Llama config)   transformers
+    text_config.<Llama key> (sizes, eps, biases, ...)      <Llama key> (the same name, flat)
+    text_config.bos_token_id                               bos_token_id
+    text_config.rope_theta (+ rope_scaling)                rope_parameters (one dict)
+    audio_num_codebooks                                    num_codebooks
+    audio_codebook_size (codes: 1024)                      codebook_size (codes + stream bos/eos: 1026)
+    audio_stream_bos_id, audio_stream_eos_id, pad_token_id (the same names)
+    eot_token_id                                           eos_token_id
+    audio_out_bos_token_id                                 audio_bos_token_id
+    audio_delay_token_id                                   audio_delay_token_id
+    audio_out_token_idx                                    audio_token_id
+
+A key a file may leave out (`READER_DEFAULTS`: the reserved-slot ids, Llama's bias/activation/tying, no
+rope_scaling) is written only where the file read had it or its value is not the one assumed without it.
+
+Every other key of the file read that the target layout would not give back as it was travels along
+verbatim in one namespaced key, `CARRIED[source layout]`: the transformers file gets `higgslab_original_keys`
+(e.g. a small model's `audio_eos_token_id`, `audio_adapter_type: dual_ffn`, Boson's token strings) and the
+original file gets `higgslab_transformers_keys` (e.g. `dtype`, `transformers_version`). Converting back
+puts them where they were. transformers' HiggsAudioV2 loads such a file (it keeps an unknown key as an
+attribute); ours also reads the original-only ids from `higgslab_original_keys` (`ORIGINAL_ONLY`), so a
+converted small model keeps ids inside its vocabulary. A key that a layout has no reader default for and
+the source file lacks (Boson's `use_delay_pattern`, say) is written anew: its value is the one assumed.
 """
 
 from __future__ import annotations
@@ -25,6 +53,7 @@ from typing import Any, Literal, NamedTuple
 from higgslab.errors import HiggsLabError
 
 LayerKind = Literal["dual_ffn", "fast_forward", "llama"]
+Layout = Literal["original", "transformers"]
 ADAPTER_TYPES = ("dual_ffn", "dual_ffn_fast_forward")
 
 
@@ -95,6 +124,9 @@ class HiggsConfig:
         if not isinstance(d, dict):
             raise HiggsLabError(f"{where}: expected a JSON object, got {type(d).__name__}")
         kind = d.get("model_type")
+        for key in CARRIED.values():
+            if key in d and not isinstance(d[key], dict):
+                raise HiggsLabError(f"{where}: '{key}' must be a JSON object, got {type(d[key]).__name__}")
         if kind == "higgs_audio":
             cfg = cls._from_original(d, where)
         elif kind == "higgs_audio_v2":
@@ -133,10 +165,6 @@ class HiggsConfig:
             raise HiggsLabError(f"{where}: model_type 'higgs_audio' needs a 'text_config' object")
         text = _Keys(t, where, "text_config.")
         fields = cls._llama_fields(text) | _Keys(d, where).fields(ORIGINAL_REQUIRED, ORIGINAL_OPTIONAL)
-        if fields["adapter_type"] not in ADAPTER_TYPES:
-            raise HiggsLabError(
-                f"{where}: audio_adapter_type {fields['adapter_type']!r} is not supported (use {ADAPTER_TYPES})"
-            )
         text_ffn = (fields["hidden_size"], fields["intermediate_size"])
         audio_ffn = (
             d.get("audio_ffn_hidden_size", text_ffn[0]),
@@ -151,18 +179,29 @@ class HiggsConfig:
     @classmethod
     def _from_transformers(cls, d: dict[str, Any], where: str) -> HiggsConfig:
         keys = _Keys(d, where)
-        fields = cls._llama_fields(keys) | keys.fields(TRANSFORMERS_REQUIRED)
+        carried = d.get(CARRIED["original"], {})  # the original-only keys a converted file brought along
+        fields = (
+            cls._llama_fields(keys)
+            | keys.fields(TRANSFORMERS_REQUIRED, TRANSFORMERS_OPTIONAL)
+            | _Keys(carried, where, f"{CARRIED['original']}.").fields({}, ORIGINAL_ONLY)
+        )
         fields["codebook_size"] -= 2  # transformers' codebook_size counts the two stream tokens (1026 there)
+        layers = fields["dual_ffn_layers"]  # every layer is DualFFN there, unless the carried keys name them
+        fields["dual_ffn_layers"] = tuple(range(fields["num_layers"]) if layers is None else layers)
+        fields["audio_self_attention"] = bool(fields["audio_self_attention"])
+        eos = d.get("eos_token_id")
         return cls(
             **fields,
-            # every layer is DualFFN there; the real original config names the same thing this way
-            adapter_type="dual_ffn_fast_forward",
-            dual_ffn_layers=tuple(range(fields["num_layers"])),
+            eot_token_id=eos if isinstance(eos, int) else 128009,  # may be absent, null or a list there
             bos_token_id=d.get("bos_token_id") or 128000,  # may be null there
             source_format="transformers",
         )
 
     def validate(self, where: str = "config") -> None:
+        if self.adapter_type not in ADAPTER_TYPES:
+            raise HiggsLabError(
+                f"{where}: audio_adapter_type {self.adapter_type!r} is not supported (use {ADAPTER_TYPES})"
+            )
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise HiggsLabError(
                 f"{where}: heads do not divide evenly (hidden {self.hidden_size}, "
@@ -175,6 +214,50 @@ class HiggsConfig:
             raise HiggsLabError(f"{where}: stream bos/eos ids must be codebook_size and codebook_size + 1")
 
     # ---- writing -------------------------------------------------------------------------------------
+    def to_original_dict(self) -> dict[str, Any]:
+        """The Boson `config.json` (model_type `higgs_audio`): the file read with its own keys kept, or
+        converted from the transformers one (module docstring), or a new file for a config built in code."""
+        return self._to_layout("original")
+
+    def to_transformers_dict(self) -> dict[str, Any]:
+        """The transformers `config.json` (model_type `higgs_audio_v2`), as `to_original_dict`."""
+        if sorted(set(self.dual_ffn_layers)) != list(range(self.num_layers)):
+            raise HiggsLabError("the transformers format holds only models whose every layer is DualFFN")
+        if self.audio_self_attention:
+            raise HiggsLabError("the transformers format has no separate audio attention")
+        return self._to_layout("transformers")
+
+    def _to_layout(self, fmt: Layout) -> dict[str, Any]:
+        if self.source_format == "new":
+            return self._written(fmt, None)
+        if self.source_format == fmt:
+            return self._written(fmt, self.raw)
+        other: Layout = self.source_format
+        raw = _flat(self.raw)
+        restored = _flat(raw.pop(CARRIED[fmt], None) or {})  # what an earlier `fmt` file carried here
+        out = _flat(self._written(fmt, _nest(_renamed(raw, fmt) | restored)))
+        if restored and HiggsConfig.from_dict(_nest(out | restored)) == self:
+            out |= restored  # the earlier file's own values, unless a field was changed since
+        # carry every key of the file read that converting `out` back would not give back as it was
+        reread = HiggsConfig.from_dict(_nest(out), where=f"the {fmt} config written")
+        back = _flat(reread._written(other, _nest(_renamed(out, other))))
+        carried = {k: v for k, v in raw.items() if k not in back or not _same(back[k], v)}
+        return _nest(out | ({CARRIED[other]: _nest(carried)} if carried else {}))
+
+    def _written(self, fmt: Layout, base: dict[str, Any] | None) -> dict[str, Any]:
+        """The fields as layout `fmt`'s keys, onto `base` (None: a new file). A key `base` lacks is added
+        unless its value is the one the reader assumes without it; `NEW_FILE_KEYS` only fill a new file."""
+        full = _flat(self._original_keys() if fmt == "original" else self._transformers_keys())
+        if base is None:
+            return _nest(full)
+        out, assumed = _flat(base), READER_DEFAULTS[fmt]
+        for k, v in full.items():
+            if k in NEW_FILE_KEYS[fmt]:
+                out.setdefault(k, v)
+            elif k in out or not (k in assumed and _same(assumed[k], v)):
+                out[k] = v
+        return _nest(out)
+
     def _llama_dict(self) -> dict[str, Any]:
         return {
             "vocab_size": self.vocab_size,
@@ -192,64 +275,60 @@ class HiggsConfig:
             "tie_word_embeddings": self.tie_word_embeddings,
         }
 
-    def to_original_dict(self) -> dict[str, Any]:
-        """The Boson `config.json` (model_type `higgs_audio`); starts from the file read if it was one."""
-        base = dict(self.raw) if self.source_format == "original" else {}
-        text = dict(base.get("text_config", {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-        text.update(self._llama_dict(), bos_token_id=self.bos_token_id, **_rope_to_legacy(self.rope))
-        base.update(
-            model_type="higgs_audio",
-            architectures=["HiggsAudioModel"],
-            audio_adapter_type=self.adapter_type,
-            audio_dual_ffn_layers=list(self.dual_ffn_layers),
-            use_audio_out_self_attention=int(self.audio_self_attention),
-            audio_ffn_hidden_size=self.hidden_size,
-            audio_ffn_intermediate_size=self.intermediate_size,
-            audio_num_codebooks=self.num_codebooks,
-            audio_codebook_size=self.codebook_size,
-            audio_stream_bos_id=self.stream_bos_id,
-            audio_stream_eos_id=self.stream_eos_id,
-            eot_token_id=self.eot_token_id,  # not in Boson's files; kept so small vocabularies round-trip
-            audio_bos_token_id=self.audio_bos_token_id,
-            audio_delay_token_id=self.audio_delay_token_id,
-            audio_eos_token_id=self.audio_eos_token_id,
-            audio_out_bos_token_id=self.audio_out_bos_token_id,
-            audio_in_token_idx=self.audio_in_token_id,
-            audio_out_token_idx=self.audio_out_token_id,
-            use_delay_pattern=True,
-            skip_audio_tower=True,
-            encode_audio_in_tokens=True,
-            audio_embed_avg=False,
-            hidden_size=self.hidden_size,
-            pad_token_id=self.pad_token_id,
-            text_config=text,
-        )
-        return base
+    def _original_keys(self) -> dict[str, Any]:
+        """Every key of a new Boson file, in its order."""
+        return {
+            "model_type": "higgs_audio",
+            "architectures": ["HiggsAudioModel"],
+            "audio_adapter_type": self.adapter_type,
+            "audio_dual_ffn_layers": list(self.dual_ffn_layers),
+            "use_audio_out_self_attention": int(self.audio_self_attention),
+            "audio_ffn_hidden_size": self.hidden_size,
+            "audio_ffn_intermediate_size": self.intermediate_size,
+            "audio_num_codebooks": self.num_codebooks,
+            "audio_codebook_size": self.codebook_size,
+            "audio_stream_bos_id": self.stream_bos_id,
+            "audio_stream_eos_id": self.stream_eos_id,
+            "eot_token_id": self.eot_token_id,  # not in Boson's files; kept so small vocabularies round-trip
+            "audio_bos_token_id": self.audio_bos_token_id,
+            "audio_delay_token_id": self.audio_delay_token_id,
+            "audio_eos_token_id": self.audio_eos_token_id,
+            "audio_out_bos_token_id": self.audio_out_bos_token_id,
+            "audio_in_token_idx": self.audio_in_token_id,
+            "audio_out_token_idx": self.audio_out_token_id,
+            "use_delay_pattern": True,
+            "skip_audio_tower": True,
+            "encode_audio_in_tokens": True,
+            "audio_embed_avg": False,
+            "hidden_size": self.hidden_size,
+            "pad_token_id": self.pad_token_id,
+            "text_config": {
+                "model_type": "llama",
+                "architectures": ["LlamaForCausalLM"],
+                **self._llama_dict(),
+                "bos_token_id": self.bos_token_id,
+                **_rope_to_legacy(self.rope),
+            },
+        }
 
-    def to_transformers_dict(self) -> dict[str, Any]:
-        """The transformers `config.json` (model_type `higgs_audio_v2`)."""
-        if sorted(set(self.dual_ffn_layers)) != list(range(self.num_layers)):
-            raise HiggsLabError("the transformers format holds only models whose every layer is DualFFN")
-        if self.audio_self_attention:
-            raise HiggsLabError("the transformers format has no separate audio attention")
-        base = dict(self.raw) if self.source_format == "transformers" else {}
-        base.update(
-            self._llama_dict(),
-            model_type="higgs_audio_v2",
-            architectures=["HiggsAudioV2ForConditionalGeneration"],
-            rope_parameters=dict(self.rope),
-            num_codebooks=self.num_codebooks,
-            codebook_size=self.codebook_entries,
-            audio_token_id=self.audio_out_token_id,
-            audio_bos_token_id=self.audio_out_bos_token_id,
-            audio_delay_token_id=self.audio_delay_token_id,
-            audio_stream_bos_id=self.stream_bos_id,
-            audio_stream_eos_id=self.stream_eos_id,
-            pad_token_id=self.pad_token_id,
-            bos_token_id=self.bos_token_id,
-            eos_token_id=self.eot_token_id,
-        )
-        return base
+    def _transformers_keys(self) -> dict[str, Any]:
+        """Every key of a new transformers file."""
+        return {
+            **self._llama_dict(),
+            "model_type": "higgs_audio_v2",
+            "architectures": ["HiggsAudioV2ForConditionalGeneration"],
+            "rope_parameters": dict(self.rope),
+            "num_codebooks": self.num_codebooks,
+            "codebook_size": self.codebook_entries,
+            "audio_token_id": self.audio_out_token_id,
+            "audio_bos_token_id": self.audio_out_bos_token_id,
+            "audio_delay_token_id": self.audio_delay_token_id,
+            "audio_stream_bos_id": self.stream_bos_id,
+            "audio_stream_eos_id": self.stream_eos_id,
+            "pad_token_id": self.pad_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eot_token_id,
+        }
 
     def to_llama_config(self, attn_implementation: str = "sdpa"):
         """A transformers `LlamaConfig` for the building blocks (attention, RoPE, norms, MLP)."""
@@ -323,9 +402,96 @@ TRANSFORMERS_REQUIRED = {
     "stream_eos_id": "audio_stream_eos_id",
     "pad_token_id": "pad_token_id",
     "audio_out_bos_token_id": "audio_bos_token_id",
-    "audio_delay_token_id": "audio_delay_token_id",
     "audio_out_token_id": "audio_token_id",
 }
+TRANSFORMERS_OPTIONAL = {  # transformers' HiggsAudioV2Config default, the same slot as the original's
+    "audio_delay_token_id": ("audio_delay_token_id", 128014),
+}
+ORIGINAL_ONLY = {  # fields the transformers layout has no key for: from its `higgslab_original_keys`, else these
+    "adapter_type": ("audio_adapter_type", "dual_ffn_fast_forward"),
+    "dual_ffn_layers": ("audio_dual_ffn_layers", None),  # None: every layer
+    "audio_self_attention": ("use_audio_out_self_attention", 0),
+    "audio_eos_token_id": ("audio_eos_token_id", 128012),
+    "audio_in_token_id": ("audio_in_token_idx", 128015),
+    "audio_bos_token_id": ("audio_bos_token_id", 128011),
+}
+
+# ---- converting between the layouts (module docstring) ------------------------------------------------------
+# The keys both layouts hold, (original, transformers), used both ways; `text_config.` = inside the original's
+# Llama config. The converted values come from the fields: rope_parameters is rope_theta + rope_scaling there,
+# codebook_size counts the two stream tokens there.
+LLAMA_SHARED = (
+    *LLAMA_REQUIRED.values(),
+    *(key for key, _ in LLAMA_OPTIONAL.values()),
+    "bos_token_id",
+    "attention_dropout",
+    "initializer_range",
+    "pretraining_tp",
+    "use_cache",
+)
+RENAMES: tuple[tuple[str, str], ...] = (
+    *((f"text_config.{key}", key) for key in LLAMA_SHARED),
+    ("text_config.rope_theta", "rope_parameters"),
+    ("audio_num_codebooks", "num_codebooks"),
+    ("audio_codebook_size", "codebook_size"),
+    ("audio_stream_bos_id", "audio_stream_bos_id"),
+    ("audio_stream_eos_id", "audio_stream_eos_id"),
+    ("pad_token_id", "pad_token_id"),
+    ("eot_token_id", "eos_token_id"),
+    ("audio_out_bos_token_id", "audio_bos_token_id"),
+    ("audio_delay_token_id", "audio_delay_token_id"),
+    ("audio_out_token_idx", "audio_token_id"),
+)
+# where a converted file keeps the keys of the other layout's file that it has no name for
+CARRIED: dict[Layout, str] = {
+    "original": "higgslab_original_keys",
+    "transformers": "higgslab_transformers_keys",
+}
+# keys a file may leave out, with the value the reader then takes: written only where the value differs
+READER_DEFAULTS: dict[Layout, dict[str, Any]] = {
+    "original": dict(ORIGINAL_OPTIONAL.values())
+    | {f"text_config.{key}": default for key, default in LLAMA_OPTIONAL.values()}
+    | {"text_config.rope_scaling": None},
+    "transformers": dict(
+        [*LLAMA_OPTIONAL.values(), *TRANSFORMERS_OPTIONAL.values(), ("eos_token_id", 128009)]
+    ),
+}
+# keys no field sets: a new file gets them, a file read keeps its own
+NEW_FILE_KEYS: dict[Layout, set[str]] = {
+    "original": {"architectures", "use_delay_pattern", "skip_audio_tower", "encode_audio_in_tokens",
+                 "audio_embed_avg", "text_config.model_type", "text_config.architectures"},
+    "transformers": {"architectures"},
+}  # fmt: skip
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    """One level of keys: the original's `text_config` entries become `text_config.<key>`."""
+    out = {k: v for k, v in d.items() if k != "text_config"}
+    if isinstance(d.get("text_config"), dict):
+        out |= {f"text_config.{k}": v for k, v in d["text_config"].items()}
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """`_flat` undone."""
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        if k.startswith("text_config."):
+            out.setdefault("text_config", {})[k.removeprefix("text_config.")] = v
+        else:
+            out[k] = v
+    return out
+
+
+def _renamed(flat: dict[str, Any], to: Layout) -> dict[str, Any]:
+    """The keys of a flat config dict that layout `to` has a name for (`RENAMES`), under that name."""
+    pairs = RENAMES if to == "transformers" else [(theirs, ours) for ours, theirs in RENAMES]
+    return {dst: flat[src] for src, dst in pairs if src in flat}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON, types included (`0` is not `false`, `1` is not `1.0`)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 class _Keys:

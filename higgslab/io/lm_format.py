@@ -12,7 +12,9 @@ module names of `HiggsAudioModel` ("ours"), mapped by one rule table per format 
 
 Training checkpoints may split a tensor in `*_frozen` + `*_trainable` halves (concatenated on dim 0
 here), and carry buffers that are not weights (dropped). `convert` is the NPU port's weight-remapping tool,
-both directions: keys renamed, config rewritten, tensors copied bit for bit, written whole or not at all.
+both directions: keys renamed, tensors copied bit for bit, `config.json` converted so that converting back
+gives the same file key for key (`higgslab.config`: its rename table and the keys carried along), the other
+files (text tokenizer, `generation_config.json`) copied unchanged; written whole or not at all.
 """
 
 from __future__ import annotations

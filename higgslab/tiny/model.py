@@ -81,6 +81,7 @@ def write_tiny_model(
         model.save_pretrained(directory)
         return directory
     config = HiggsConfig.from_dict(json.loads(model.config.to_json_string()))
+    config = config.replace(source_format="new", raw={})  # a new original file, not one converted
     tensors = {to_ours(k, KEY_RULES["transformers"]): v for k, v in model.state_dict().items()}
     write_checkpoint(directory, config, tensors, fmt="original")
     return directory

@@ -150,7 +150,7 @@ TRANSFORMERS_REQUIRED = [
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "head_dim", "rms_norm_eps", "max_position_embeddings", "num_codebooks",
     "codebook_size", "audio_stream_bos_id", "audio_stream_eos_id", "pad_token_id", "audio_token_id",
-    "audio_bos_token_id", "audio_delay_token_id",
+    "audio_bos_token_id",
 ]  # fmt: skip
 
 
