@@ -220,7 +220,7 @@ class Generator:
         than `ref_max_s` (None = no limit) is refused with one line, or with `ref_too_long="cut"` only its
         first `ref_max_s` seconds are read and encoded."""
         from higgslab.generate import voices
-        from higgslab.generate.prompt import Reference, check_user_text
+        from higgslab.generate.prompt import check_user_text
 
         voices.check_limit(ref_max_s, ref_too_long)
         if voice is not None and ref_audio is not None:
