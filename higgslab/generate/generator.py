@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from higgslab import delay
 from higgslab.device import peak_memory, reset_peak_memory, synchronize
 from higgslab.errors import HiggsLabError
 from higgslab.generate import sampling
+from higgslab.generate.prompt import Prompt, Reference
 from higgslab.generate.result import GenerationResult, GenerationStats
 from higgslab.generate.sampling import SamplingSettings
 from higgslab.model import packing
@@ -157,40 +158,135 @@ class Generator:
         return p.input_ids, p.audio_codes
 
     def build_prompt(
-        self, text: str, scene: str | None = None, ref_audio=None, ref_text: str | None = None, context=()
-    ):
+        self,
+        text: str,
+        scene: str | None = None,
+        ref_audio=None,
+        ref_text: str | None = None,
+        context=(),
+        *,
+        references: Sequence[Reference] | None = None,
+        speakers: Sequence[str] = (),
+        references_in_system: bool = False,
+    ) -> Prompt:
         """The FORMATS.md §5 `Prompt` (ids, audio codes, the span of the text to speak).
 
-        `ref_audio` (a file path, `(wav, sample_rate)`, or codes `[n_q, N]`) with `ref_text` is the voice
-        to clone; `context` adds (text, codes) turns after it (the previous chunks of a long text)."""
-        from higgslab.generate.prompt import build_prompt
+        The voice: `references` (from `self.references`, encoded once), or `ref_audio` (a file path,
+        `(wav, sample_rate)`, or codes `[n_q, N]`) with `ref_text` (length-checked and encoded here, as
+        `references(ref_audio=..., ref_text=...)`). `context` adds (text, codes) turns after it (the previous
+        chunks of a long text); `speakers` (the transcript's `prompt.speaker_tags`) picks the multi-speaker
+        system message when there is no reference; `references_in_system` puts the references in the system
+        message as audio in. The text is checked before any reference is read."""
+        from higgslab.generate.prompt import build_prompt, check_user_text, refuse_special_tokens
 
         if self.text_tokenizer is None:
             raise HiggsLabError(
                 "this Generator has no text tokenizer: pass prompt_ids, or load with from_paths"
             )
-        references = []
-        if ref_audio is not None:
-            references.append((ref_text or "(reference voice)", self._reference_codes(ref_audio)))
-        references += list(context)
+        check_user_text(text, "text")
+        if scene:
+            refuse_special_tokens(scene, "scene")
+        if references is None:
+            references = self.references(ref_audio=ref_audio, ref_text=ref_text)
+        elif ref_audio is not None or ref_text is not None:
+            raise HiggsLabError("give references or ref_audio/ref_text, not both")
         return build_prompt(
             self.text_tokenizer,
             text,
-            scene=scene,
-            references=references,
+            scene,
+            references,
+            context,
             n_q=self.config.num_codebooks,
             stream_ids=self.config.stream_ids,
+            speakers=speakers,
+            references_in_system=references_in_system,
         )
 
-    def _reference_codes(self, ref_audio) -> torch.Tensor:
+    def references(
+        self,
+        voice: str | Sequence[str] | None = None,
+        voices_dir: str | Path | None = None,
+        ref_audio=None,
+        ref_text: str | None = None,
+        *,
+        ref_max_s: float | None = 30.0,
+        ref_too_long: str = "refuse",
+    ) -> list[Reference]:
+        """The voice references of a run, each encoded once: `voice` names in `voices_dir` (None = the
+        shipped voices; a list = one voice per `[SPEAKERn]`, speaker n = its position), or one `ref_audio`
+        (a file path, `(wav, sample_rate)` or codes `[n_q, N]`) with its transcript `ref_text`.
+
+        Every clip is length-checked first (a file from its header), before any is read or encoded: longer
+        than `ref_max_s` (None = no limit) is refused with one line, or with `ref_too_long="cut"` only its
+        first `ref_max_s` seconds are read and encoded."""
+        from higgslab.generate import voices
+        from higgslab.generate.prompt import check_user_text
+
+        voices.check_limit(ref_max_s, ref_too_long)
+        if voice is not None and ref_audio is not None:
+            raise HiggsLabError("give voice or ref_audio, not both")
+        if ref_text is not None and ref_audio is None:
+            raise HiggsLabError("ref_text needs ref_audio (a voice brings its own transcript)")
+        if voice is None and ref_audio is None:
+            return []
+        if voice is not None:
+            names = [voice] if isinstance(voice, str) else list(voice)
+            if not names:
+                raise HiggsLabError("voice is an empty list")
+            clips = []  # (transcript, clip, speaker, what)
+            for i, name in enumerate(names):
+                path, transcript = voices.voice_files(name, voices_dir)
+                clips.append((transcript, path, None if isinstance(voice, str) else i, f"voice {name!r}:"))
+        else:
+            if ref_text is not None:
+                check_user_text(ref_text, "ref_text")
+            clips = [(ref_text or "(reference voice)", ref_audio, None, "ref_audio")]
+        cut = [self._check_reference(clip, ref_max_s, ref_too_long, what) for _, clip, _, what in clips]
+        return [
+            Reference(transcript.strip(), self._reference_codes(clip, limit, what), speaker)
+            for (transcript, clip, speaker, what), limit in zip(clips, cut, strict=True)
+        ]
+
+    def _check_reference(self, ref_audio, max_s: float | None, too_long: str, what: str) -> float | None:
+        """Check one reference's length before it is read: the seconds to cut it to, or None for all of it
+        (`voices.clip_limit`). A file is measured from its header; codes at the audio tokenizer's frame
+        rate (unchecked without one)."""
+        from higgslab.generate import voices
+        from higgslab.io.audio import to_mono
+
         if isinstance(ref_audio, torch.Tensor) and ref_audio.dtype == torch.long:
-            return ref_audio  # already codes [n_q, N]
+            if self.audio_tokenizer is None:
+                return None
+            duration, what = ref_audio.shape[-1] / self.audio_tokenizer.frame_rate, f"{what} (codes)"
+        elif isinstance(ref_audio, (str, Path)):
+            duration, what = voices.clip_seconds(ref_audio, what), f"{what} {ref_audio}"
+        else:
+            wav, sr = ref_audio
+            duration, what = len(to_mono(wav)) / sr, f"{what} (audio array)"
+        return voices.clip_limit(duration, max_s, too_long, what)
+
+    def _reference_codes(
+        self, ref_audio, max_s: float | None = None, what: str = "ref_audio"
+    ) -> torch.Tensor:
+        """Codes `[n_q, N]` of one reference (a file path, `(wav, sample_rate)` or codes), of only its first
+        `max_s` seconds when given (a file: only those are read)."""
+        from higgslab.generate import voices
+        from higgslab.io.audio import to_mono
+
+        if isinstance(ref_audio, torch.Tensor) and ref_audio.dtype == torch.long:
+            if max_s is None:
+                return ref_audio  # already codes [n_q, N]
+            return ref_audio[..., : round(max_s * self.audio_tokenizer.frame_rate)]
         if self.audio_tokenizer is None:
             raise HiggsLabError("a reference audio needs an audio tokenizer (tokenizer_path)")
         if isinstance(ref_audio, (str, Path)):
-            return self.audio_tokenizer.encode_file(ref_audio)
+            if max_s is None:
+                return self.audio_tokenizer.encode_file(ref_audio)
+            return self.audio_tokenizer.encode(*voices.read_clip(ref_audio, max_s, what))
         wav, sr = ref_audio
-        return self.audio_tokenizer.encode(wav, sr)
+        if max_s is None:
+            return self.audio_tokenizer.encode(wav, sr)
+        return self.audio_tokenizer.encode(to_mono(wav)[: round(max_s * sr)], sr)
 
     # ---- generation ------------------------------------------------------------------------------------------
     def generate(

@@ -7,21 +7,34 @@ import ipywidgets as widgets
 import numpy as np
 
 from higgslab.errors import HiggsLabError
+from higgslab.generate.voices import list_voices
 from higgslab.widgets.media import download_link, wav_bytes
 
 WIDE = {"description_width": "initial"}
+NO_VOICE = "none"  # the voice pick for no reference: the model picks a voice
 
 
 class GenerationPlayer(widgets.VBox):
-    """Parts: `text`, `scene`, `seed`, `temperature`, `top_k`, `top_p`, `cfg_scale` (classifier-free
+    """Parts: `text`, `scene`, `voice` (a voice reference from `voices_dir`, the shipped ones by default, or
+    "none"; each voice is encoded once, on first use), `seed`, `temperature`, `top_k`, `top_p`, `cfg_scale` (classifier-free
     guidance, starting at the model's own scale; 1 = off), `max_new_tokens`, `button`,
     `progress` (frames so far), `stream_player` (the newest chunk, autoplaying), `player` (the final
     WAV), `download` (an HTML link), `status`. After a press: `chunks` (audio as it arrived) and `result`
     (`Generator.last_result`; `result.audio` is the concatenated chunks). `button.click()` runs it."""
 
-    def __init__(self, generator, text: str = "Hello from higgslab.", chunk_frames: int = 25, **defaults):
+    def __init__(
+        self,
+        generator,
+        text: str = "Hello from higgslab.",
+        chunk_frames: int = 25,
+        voice: str = NO_VOICE,
+        voices_dir=None,
+        **defaults,
+    ):
         self.generator = generator
         self.chunk_frames = chunk_frames
+        self.voices_dir = voices_dir
+        self._references: dict[str, list] = {}  # voice name -> its encoded reference
         d = {
             "seed": 1,
             "temperature": 0.3,
@@ -39,6 +52,9 @@ class GenerationPlayer(widgets.VBox):
             description="scene",
             placeholder="Audio is recorded from a quiet room.",
             layout=widgets.Layout(width="95%"),
+        )
+        self.voice = widgets.Dropdown(
+            options=[NO_VOICE, *list_voices(voices_dir)], value=voice, description="voice"
         )
         self.seed = widgets.IntText(value=d["seed"], description="seed")
         self.temperature = widgets.FloatSlider(
@@ -69,6 +85,7 @@ class GenerationPlayer(widgets.VBox):
             [
                 self.text,
                 self.scene,
+                self.voice,
                 settings,
                 widgets.HBox([self.button, self.progress]),
                 widgets.HBox([widgets.Label("streaming"), self.stream_player]),
@@ -89,8 +106,7 @@ class GenerationPlayer(widgets.VBox):
         self.status.value = "generating…"
         try:
             for chunk in gen.stream(
-                text=self.text.value,
-                scene=self.scene.value or None,
+                **self._prompt(),
                 chunk_frames=self.chunk_frames,
                 max_new_tokens=self.max_new_tokens.value,
                 seed=self.seed.value,
@@ -111,6 +127,16 @@ class GenerationPlayer(widgets.VBox):
         finally:
             self.button.disabled = False
         self._show(gen.last_result, rate)
+
+    def _prompt(self) -> dict:
+        """The stream's prompt arguments: the text and scene, with the picked voice's reference."""
+        text, scene, name = self.text.value, self.scene.value or None, self.voice.value
+        if name == NO_VOICE:
+            return {"text": text, "scene": scene}
+        if name not in self._references:
+            self._references[name] = self.generator.references(voice=name, voices_dir=self.voices_dir)
+        p = self.generator.build_prompt(text, scene, references=self._references[name])
+        return {"prompt_ids": p.input_ids, "audio_codes": p.audio_codes}
 
     def _show(self, result, rate: int) -> None:
         audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)

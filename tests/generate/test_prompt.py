@@ -134,6 +134,216 @@ def test_wrong_reference_shape_and_foreign_tokenizer_raise(tokenizer, tmp_path):
         build_prompt(tokenizer, "Say <|AUDIO_OUT|> please.")
 
 
+# ---- voices, speakers, context (the official prepare_generation_context + chunk loop) -------------------------
+H = "<|start_header_id|>{}<|end_header_id|>\n\n"
+OUT, IN = "<|AUDIO_OUT|>", "<|AUDIO|>"
+
+
+def turn(role: str, content: str) -> str:
+    return H.format(role) + content + "<|eot_id|>"
+
+
+def audio_out(columns: int) -> str:
+    return "<|audio_out_bos|>" + OUT * columns + "<|audio_eos|>"
+
+
+def audio_in(columns: int) -> str:
+    return "<|audio_bos|>" + IN * columns + "<|audio_eos|>"
+
+
+ASK = turn("user", "{}") + H.format("assistant") + "<|audio_out_bos|>"  # the text to speak, then generation
+
+
+def codes(n: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 1024, (8, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_one_voice_reference_is_a_user_assistant_pair_and_tuples_still_work(tokenizer):
+    ref = codes(4, 0)
+    p = build_prompt(tokenizer, "Say it.", references=[prompt.Reference(" A voice. ", ref)])
+    expected = (
+        "<|begin_of_text|>"
+        + turn("user", "A voice.")
+        + turn("assistant", audio_out(13))
+        + ASK.format("Say it.")
+    )
+    assert p.text == expected == tokenizer.decode(p.input_ids)
+    old = build_prompt(tokenizer, "Say it.", references=[("A voice.", ref)])
+    assert torch.equal(old.input_ids, p.input_ids) and torch.equal(old.audio_codes, p.audio_codes)
+
+
+def test_two_voices_prefix_their_transcripts_with_speaker_tags(tokenizer):
+    a, b = codes(3, 1), codes(2, 2)
+    refs = [prompt.Reference("First.", a, speaker=0), prompt.Reference("Second.", b, speaker=1)]
+    p = build_prompt(
+        tokenizer,
+        "[SPEAKER0] Hi. [SPEAKER1] Yo.",
+        scene="A hall.",
+        references=refs,
+        speakers=["SPEAKER0", "SPEAKER1"],
+    )
+    expected = (
+        "<|begin_of_text|>"
+        + turn(
+            "system",
+            "Generate audio following instruction.\n\n<|scene_desc_start|>\nA hall.\n<|scene_desc_end|>",
+        )
+        + turn("user", "[SPEAKER0] First.")
+        + turn("assistant", audio_out(12))
+        + turn("user", "[SPEAKER1] Second.")
+        + turn("assistant", audio_out(11))
+        + ASK.format("[SPEAKER0] Hi. [SPEAKER1] Yo.")
+    )  # with references the speakers' default voices are not described (the official example)
+    assert p.text == expected == tokenizer.decode(p.input_ids)
+    assert torch.equal(p.audio_codes, torch.cat([delay.encode_segment(x, IDS) for x in (a, b)], 1))
+
+
+@pytest.mark.parametrize("scene", [None, "A hall."])
+def test_references_in_the_system_message_are_audio_in(tokenizer, scene):
+    a, b = codes(3, 3), codes(5, 4)
+    refs = [prompt.Reference("First.", a, speaker=0), prompt.Reference("Second.", b, speaker=1)]
+    p = build_prompt(tokenizer, "[SPEAKER1] Hi.", scene=scene, references=refs, references_in_system=True)
+    voices = f"SPEAKER0: {audio_in(12)}\nSPEAKER1: {audio_in(14)}"
+    body = f"{scene}\n\n{voices}" if scene else voices
+    expected = (
+        "<|begin_of_text|>"
+        + turn(
+            "system",
+            f"Generate audio following instruction.\n\n<|scene_desc_start|>\n{body}\n<|scene_desc_end|>",
+        )
+        + ASK.format("[SPEAKER1] Hi.")  # no reference turns: their transcripts are not in the prompt
+    )
+    assert p.text == expected == tokenizer.decode(p.input_ids)
+    assert int((p.input_ids == 128015).sum()) == 26 and not (p.input_ids == 128016).any()
+    assert torch.equal(p.audio_codes, torch.cat([delay.encode_segment(x, IDS) for x in (a, b)], 1))
+    one = build_prompt(tokenizer, "Hi.", references=[("Only.", a)], references_in_system=True)
+    assert (
+        f"<|scene_desc_start|>\nSPEAKER0: {audio_in(12)}\n<|scene_desc_end|>" in one.text
+    )  # as the official
+
+
+@pytest.mark.parametrize("scene", [None, "A hall."])
+def test_several_speakers_without_references_get_the_multispeaker_system_message(tokenizer, scene):
+    text = "[SPEAKER1] Yo.\n[SPEAKER0] Hi.\n[SPEAKER2] Hey."
+    tags = prompt.speaker_tags(text)
+    assert tags == ["SPEAKER0", "SPEAKER1", "SPEAKER2"]
+    assert prompt.speaker_tags("[SPEAKER10] a [SPEAKER2] b [SPEAKER2]") == ["SPEAKER2", "SPEAKER10"]
+    p = build_prompt(tokenizer, text, scene=scene, speakers=tags)
+    voices = "SPEAKER0: feminine\nSPEAKER1: masculine\nSPEAKER2: feminine"
+    body = f"{scene}\n\n{voices}" if scene else voices
+    system = (
+        "You are an AI assistant designed to convert text into speech.\n"
+        "If the user's message includes a [SPEAKER*] tag, do not read out the tag and generate speech for the "
+        "following text, using the specified voice.\n"
+        "If no speaker tag is present, select a suitable voice on your own."
+    )
+    assert prompt.MULTISPEAKER_SYSTEM_MESSAGE == system
+    expected = (
+        "<|begin_of_text|>"
+        + turn("system", f"{system}\n\n<|scene_desc_start|>\n{body}\n<|scene_desc_end|>")
+        + ASK.format(text)
+    )
+    assert p.text == expected == tokenizer.decode(p.input_ids)
+    one = build_prompt(tokenizer, "[SPEAKER0] Hi.", scene=scene, speakers=["SPEAKER0"])  # one: the plain one
+    assert one.text == build_prompt(tokenizer, "[SPEAKER0] Hi.", scene=scene).text
+    with pytest.raises(HiggsLabError, match="speakers must be tags like 'SPEAKER0', got 'alice'"):
+        build_prompt(tokenizer, "Hi.", speakers=["alice"])
+
+
+def test_context_chunks_follow_the_references_with_both_placeholder_kinds_in_order(tokenizer):
+    ref, first, second = codes(4, 5), codes(2, 6), codes(3, 7)
+    context = [("One.", first), ("Two.", second)]
+    for in_system in (False, True):
+        p = build_prompt(tokenizer, "Three.", references=[("Ref.", ref)], context=context,
+                         references_in_system=in_system)  # fmt: skip
+        voice = turn("user", "Ref.") + turn("assistant", audio_out(13))
+        system = turn("system", "Generate audio following instruction.\n\n<|scene_desc_start|>\n"
+                      f"SPEAKER0: {audio_in(13)}\n<|scene_desc_end|>")  # fmt: skip
+        expected = (
+            "<|begin_of_text|>"
+            + (system if in_system else voice)
+            + turn("user", "One.")
+            + turn("assistant", audio_out(11))
+            + turn("user", "Two.")
+            + turn("assistant", audio_out(12))
+            + ASK.format("Three.")
+        )
+        assert p.text == expected == tokenizer.decode(p.input_ids)
+        # the model fills placeholders in prompt order: segment k's columns sit at the k-th run of placeholders
+        is_slot = (p.input_ids == 128015) | (p.input_ids == 128016)
+        slots = p.input_ids[is_slot]
+        assert slots.tolist() == [128015 if in_system else 128016] * 13 + [128016] * (11 + 12)
+        assert torch.equal(
+            p.audio_codes, torch.cat([delay.encode_segment(x, IDS) for x in (ref, first, second)], 1)
+        )
+        runs = (
+            torch.diff(torch.nonzero(is_slot)[:, 0]) > 1
+        )  # a gap in the placeholder positions ends a segment
+        assert (torch.nonzero(runs)[:, 0] + 1).tolist() == [13, 13 + 11]
+        start, end = p.text_span
+        assert tokenizer.decode(p.input_ids[start:end]) == "\n\nThree."
+
+
+def test_special_token_strings_in_user_text_are_refused_in_one_line(tokenizer):
+    assert prompt.SPECIAL_TOKEN.findall("a <|eot_id|> b <|reserved_special_token_6|> <| x |> <|>") == [
+        "<|eot_id|>",
+        "<|reserved_special_token_6|>",
+    ]
+    with pytest.raises(HiggsLabError) as e:
+        prompt.check_user_text("Say <|eot_id|> now.", "text")
+    assert str(e.value) == (
+        "text holds the special token string '<|eot_id|>': it would act as a control token in the prompt; "
+        "remove it"
+    )
+    prompt.check_user_text("Costs <5 | 6> and a|b, [SPEAKER0] fine.", "text")
+    ref = [("Ref.", codes(2, 8))]
+    cases = [
+        ({"text": "Hi <|begin_of_text|>"}, "text holds"),
+        ({"scene": "Room <|scene_desc_end|>"}, "scene holds"),
+        ({"references": [("Ref <|AUDIO|>.", codes(2, 8))]}, "reference 0 transcript holds"),
+        ({"references": ref, "context": [("Before <|eot_id|>", codes(2, 9))]}, "context 0 transcript holds"),
+    ]
+    for kw, message in cases:
+        kw = {"text": "Hi."} | kw
+        with pytest.raises(HiggsLabError, match=f"^{message} the special token string") as e:
+            build_prompt(tokenizer, **kw)
+        assert "\n" not in str(e.value)
+
+
+def test_audio_in_references_enter_the_model_as_codes_through_the_text_ffn(tokenizer, oracle, lm_checkpoints):
+    """With references in the system message the model embeds the `<|AUDIO|>` positions from the codes and
+    runs them through the text FFN: transformers' HiggsAudioV2 (no audio-in path of its own) given those
+    positions' embeddings from its own codebook table, and only the `<|AUDIO_OUT|>` ones as audio, agrees."""
+    import higgslab
+
+    model = higgslab.load_model(lm_checkpoints["original"])
+    ref, chunk = codes(3, 10), codes(2, 11)
+    p = build_prompt(tokenizer, "Go.", references=[("Ref.", ref)], context=[("Before.", chunk)],
+                     references_in_system=True)  # fmt: skip
+    ids, audio = p.input_ids[None], p.audio_codes[None]
+    ours = model(ids, audio)
+    audio_in = ids[0] == 128015
+    assert not ours.audio_out_mask[0, audio_in].any() and ours.audio_out_mask[0].sum() == 11
+
+    n_in = int(audio_in.sum())
+    embeds = oracle.model.embed_tokens(ids).detach().clone()
+    embeds[0, audio_in] = oracle.model.embed_audio_tokens(audio[:, :, :n_in].transpose(1, 2))[0].detach()
+    theirs = oracle(inputs_embeds=embeds, audio_input_ids=audio[:, :, n_in:].transpose(1, 2)).logits
+    theirs = theirs.view(*ids.shape, 8, 1026)
+    assert (ours.audio_logits - theirs).abs().max() < 1e-4 and theirs.abs().max() > 0.1
+    as_audio_out = oracle(input_ids=torch.where(audio_in, 128016, ids), audio_input_ids=audio.transpose(1, 2))
+    routed_as_audio = as_audio_out.logits.view(*ids.shape, 8, 1026)
+    assert (ours.audio_logits - routed_as_audio).abs().max() > 1e-3  # the comparison sees the routing
+
+    other = build_prompt(tokenizer, "Go.", references=[("Ref.", codes(3, 12))], context=[("Before.", chunk)],
+                         references_in_system=True)  # fmt: skip
+    assert torch.equal(other.input_ids, p.input_ids)
+    changed = model(other.input_ids[None], other.audio_codes[None]).audio_logits
+    first_in = int(audio_in.nonzero()[0])
+    assert torch.equal(changed[0, :first_in], ours.audio_logits[0, :first_in])  # causal: before the codes
+    assert (changed[0, -1] - ours.audio_logits[0, -1]).abs().max() > 1e-3  # the next frame depends on them
+
+
 # ---- split_text -------------------------------------------------------------------------------------------------
 def test_split_by_speaker_turns():
     text = "[SPEAKER0] Hello there. How are you?\n[SPEAKER1] Fine, thanks.\n[SPEAKER0] Good."

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from higgslab import delay
+from higgslab.generate.voices import voice_files
 from higgslab.viz import demo_clip
 from higgslab.widgets import (
     CodebookExplorer,
@@ -75,6 +76,27 @@ def test_generation_player_streams_then_offers_the_wav(generator):
     player.cfg_scale.value = 6.0  # the slider's top: this random tiny LM barely reads its text
     player.button.click()
     assert player.result is not None and not torch.equal(player.result.codes, first), player.status.value
+
+
+def test_generation_player_clones_the_picked_voice(generator, tmp_path):
+    player = GenerationPlayer(generator, chunk_frames=5, max_new_tokens=24)
+    assert player.voice.options == ("none", "alice", "bob") and player.voice.value == "none"
+    player.button.click()
+    plain = player.result.stats.prompt_tokens
+    player.voice.value = "alice"
+    player.button.click()
+    ids, codes = generator.prompt(
+        player.text.value, ref_audio=voice_files("alice")[0], ref_text=voice_files("alice")[1]
+    )
+    assert (
+        player.result.stats.prompt_tokens == len(ids) > plain + codes.shape[1]
+    )  # the reference is in the prompt
+    assert list(player._references) == ["alice"], player.status.value  # encoded once, reused
+    (tmp_path / "carol.wav").write_text("not audio")
+    (tmp_path / "carol.txt").write_text("A line.")
+    broken = GenerationPlayer(generator, voice="carol", voices_dir=tmp_path, max_new_tokens=24)
+    broken.button.click()
+    assert "error: voice 'carol':" in broken.status.value and broken.result is None
 
 
 def test_generation_player_reports_bad_settings(generator):
