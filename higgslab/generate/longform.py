@@ -264,7 +264,7 @@ def generate_long(
 
     # the voices, encoded once
     if references is None and voice is not None:
-        references = gen.references(voice, voices_dir, ref_audio, ref_text)  # helper P's
+        references = gen.references(voice, voices_dir, ref_audio, ref_text)
     elif references is None and ref_audio is not None:
         ref_audio = gen._reference_codes(ref_audio)
     tags = speakers(text) if long_form.speaker_tags else []
@@ -337,20 +337,29 @@ def _check(max_new_tokens, max_retries, min_duration_s, context_chunks, seconds_
 
 
 def _prompt_keywords(references, chunk, speaker_tags, tags, in_system) -> dict:
-    """Helper P's `Generator.build_prompt` keywords, only those in use. Without speaker tags the model reads
-    no `[SPEAKERn]`: a chunk is prompted with the voices of the speakers it names, untagged."""
+    """`Generator.build_prompt`'s voice and speaker keywords, only those in use. Without speaker tags the
+    model reads no `[SPEAKERn]`: a chunk is prompted with the voices of the speakers it names (all voices when
+    it names none), untagged. A reference is a `prompt.Reference` or a (text, codes) pair (no speaker)."""
     kw = {}
     if references is not None:
         if not speaker_tags:
             named = {int(tag.removeprefix("SPEAKER")) for tag in speakers(chunk)}
-            mine = [r for r in references if r.speaker is None or r.speaker in named]
-            references = [dataclasses.replace(r, speaker=None) for r in (mine or references)]
+            mine = [r for r in references if getattr(r, "speaker", None) in (None, *named)]
+            references = [_untagged(r) for r in (mine or references)]
         kw["references"] = references
     if len(tags) > 1:
         kw["speakers"] = tags
     if in_system:
         kw["references_in_system"] = True
     return kw
+
+
+def _untagged(reference):
+    return (
+        reference
+        if getattr(reference, "speaker", None) is None
+        else dataclasses.replace(reference, speaker=None)
+    )
 
 
 def _fit(gen, spoken, scene, ref_audio, ref_text, done, want, limit, prompt_kw):

@@ -2,6 +2,7 @@
 retries of runaways and too-short tries with the next seed, joined audio, drawn seeds; and, on the shipped
 mini, a 3-paragraph story and a 6-turn dialogue from files that come out whole."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -244,6 +245,44 @@ def test_without_speaker_tags_the_tags_are_not_spoken(gen, monkeypatch):
         "[SPEAKER1] Hello.",
     ]
     assert [c.context_chunks for c in r.chunks] == [0, 1]  # the model's default context_chunks
+
+
+def test_a_reference_clip_is_encoded_once_for_every_chunk(gen, monkeypatch):
+    stream_ends(gen, monkeypatch, after=None)
+    encoded, refs = [], []
+    encode, build = gen.audio_tokenizer.encode, gen.build_prompt
+    monkeypatch.setattr(gen.audio_tokenizer, "encode", lambda *a: encoded.append(1) or encode(*a))
+    monkeypatch.setattr(
+        gen,
+        "build_prompt",
+        lambda text, scene, ref, *a, **kw: refs.append(ref) or build(text, scene, ref, *a, **kw),
+    )
+    wav = torch.sin(torch.arange(4800) * 0.05)
+    r = gen.generate_long("One. Two. Three.", ref_audio=(wav, 24000), ref_text="A voice.", chunk_max_words=1,
+                          max_retries=0, seed=1, **FAST)  # fmt: skip
+    assert len(r.chunks) == 3 and len(encoded) == 1 and len(refs) == 3
+    assert all(ref is refs[0] for ref in refs) and refs[0].shape == (8, 5)  # 0.2 s: 5 frames, as codes
+
+
+def test_without_speaker_tags_each_turn_gets_its_speakers_voice_untagged(gen, monkeypatch):
+    @dataclasses.dataclass
+    class Reference:  # the shape of prompt.Reference: a transcript, codes, the n of [SPEAKERn]
+        text: str
+        codes: torch.Tensor
+        speaker: int | None = None
+
+    stream_ends(gen, monkeypatch, after=None)
+    voices = [Reference("A.", torch.zeros(8, 2, dtype=torch.long), n) for n in (0, 1)]
+    seen = []
+    build = gen.build_prompt
+    monkeypatch.setattr(
+        gen, "build_prompt", lambda text, *a, references, **kw: seen.append(references) or build(text, *a)
+    )
+    monkeypatch.setattr(gen, "long_form", LongForm(context_chunks=0, speaker_tags=False))
+    text = "Intro.\n[SPEAKER1] Hi there.\n[SPEAKER0] Hello."
+    gen.generate_long(text, references=voices, max_retries=0, seed=1, **FAST)
+    untagged = [dataclasses.replace(v, speaker=None) for v in voices]
+    assert seen == [untagged, [untagged[1]], [untagged[0]]]  # no tag: every voice
 
 
 def test_bad_settings_are_one_line(gen):
