@@ -288,37 +288,48 @@ def generate_long(
                 f"with a limit of {limit} steps; using the last {n_context}")  # fmt: skip
         report = ChunkReport(i, chunk, words, limit, seed + k, prompt_tokens=len(prompt.input_ids),
                              context_chunks=n_context)  # fmt: skip
-        for attempt in range(1 + max_retries):
-            report.seed = seed + k
-            k += 1
-            if on_limit is not None:
-                on_limit(limit)
-            r = gen.generate(prompt.input_ids, audio_codes=prompt.audio_codes, max_new_tokens=limit,
-                             seed=report.seed, decode_audio=False, progress=progress, **sampling)  # fmt: skip
-            if progress is not None and r.stats.steps < limit:
-                progress(limit - r.stats.steps)
-            t_first = r.stats.time_to_first_audio_s if t_first is None else t_first
-            duration = r.codes.shape[1] / frame_rate if frame_rate else 0.0
-            why = None
-            if not r.finished:
-                why = f"runaway: no end of stream within {limit} steps"
-            elif decode_audio and duration < min_duration_s:
-                why = f"short: {duration:.2f} s < {min_duration_s} s"
-            head = f"chunk {i + 1}/{len(chunks)} try {attempt + 1}/{1 + max_retries} (seed {report.seed}): "
-            say(head + f"{r.stats.steps} steps, {duration:.2f} s" + (f", {why}" if why else ", finished"))
-            if why is None:
-                break
-            report.tries.append((report.seed, why))
-        else:
-            seeds = ", ".join(str(s) for s, _ in report.tries)
-            say(f"chunk {i + 1}/{len(chunks)}: gave up after {len(report.tries)} tries (seeds {seeds}); "
-                "keeping its last try")  # fmt: skip
-        report.finished = why is None
-        report.steps, report.frames, report.duration_s = r.stats.steps, r.codes.shape[1], duration
+        r = _tries(gen, prompt, report, max_retries, min_duration_s if decode_audio else None, frame_rate,
+                   f"chunk {i + 1}/{len(chunks)}", say, progress, on_limit, sampling)  # fmt: skip
+        k += report.n_tries
+        t_first = r.stats.time_to_first_audio_s if t_first is None else t_first
         reports.append(report)
         kept.append(r)
         done.append((spoken, r.codes))
     return _joined(gen, kept, reports, seed, decode_audio, t_first)
+
+
+def _tries(
+    gen, prompt, report, max_retries, min_duration_s, frame_rate, name, say, progress, on_limit, sampling
+):
+    """Generate one chunk, from `report.seed` on, until a try ends (and lasts `min_duration_s`, when not None)
+    or `1 + max_retries` tries are spent; fills `report` and returns the try it keeps (the last)."""
+    limit = report.max_new_tokens
+    first = report.seed
+    for attempt in range(1 + max_retries):
+        report.seed = first + attempt
+        if on_limit is not None:
+            on_limit(limit)
+        r = gen.generate(prompt.input_ids, audio_codes=prompt.audio_codes, max_new_tokens=limit,
+                         seed=report.seed, decode_audio=False, progress=progress, **sampling)  # fmt: skip
+        if progress is not None and r.stats.steps < limit:
+            progress(limit - r.stats.steps)
+        duration = r.codes.shape[1] / frame_rate if frame_rate else 0.0
+        why = None
+        if not r.finished:
+            why = f"runaway: no end of stream within {limit} steps"
+        elif min_duration_s is not None and duration < min_duration_s:
+            why = f"short: {duration:.2f} s < {min_duration_s} s"
+        head = f"{name} try {attempt + 1}/{1 + max_retries} (seed {report.seed}): {r.stats.steps} steps, "
+        say(head + f"{duration:.2f} s, " + (why or "finished"))
+        if why is None:
+            break
+        report.tries.append((report.seed, why))
+    else:
+        seeds = ", ".join(str(s) for s, _ in report.tries)
+        say(f"{name}: gave up after {len(report.tries)} tries (seeds {seeds}); keeping its last try")
+    report.finished = why is None
+    report.steps, report.frames, report.duration_s = r.stats.steps, r.codes.shape[1], duration
+    return r
 
 
 def _check(max_new_tokens, max_retries, min_duration_s, context_chunks, seconds_per_word, seconds_extra):
