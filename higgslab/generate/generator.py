@@ -391,9 +391,8 @@ class Generator:
                 f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
                 f"{c.max_position_embeddings} positions"
             )
-        seed = (
-            longform.draw_seed() if seed is None else seed
-        )  # never torch.seed(): it reseeds the global generator
+        # None: a seed of our own, never torch.seed(), which would reseed torch's global generator
+        seed = longform.draw_seed() if seed is None else seed
         self._rng.manual_seed(seed)
         stats = GenerationStats(prompt_tokens=T, device=str(dev))
         reset_peak_memory(dev)
