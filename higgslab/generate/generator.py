@@ -36,7 +36,8 @@ import torch
 from higgslab import delay
 from higgslab.device import peak_memory, reset_peak_memory, synchronize
 from higgslab.errors import HiggsLabError
-from higgslab.generate import sampling
+from higgslab.generate import longform, sampling
+from higgslab.generate.longform import LongForm
 from higgslab.generate.prompt import Prompt, Reference
 from higgslab.generate.result import GenerationResult, GenerationStats
 from higgslab.generate.sampling import SamplingSettings
@@ -65,12 +66,14 @@ class Generator:
         sync_every: int = 16,
         cfg_scale: float = 1.0,
         pack: bool | None = None,
+        long_form: LongForm | None = None,
     ):
         """`compile`: compile the decode step (True, or a torch.compile mode), or not (False); "auto": on
         the CPU, the steps of a run after its first `AUTO_COMPILE_AFTER` (`compile_plan`). `pack`: store the
         decode weights fused, in the layout the CPU reads fastest (`model/packing.py`), before each run; None =
         on the CPU only, where it was measured to pay (bench/RESULTS.md); False leaves the model
-        as it is."""
+        as it is. `long_form`: the model's long-form defaults (`generate_long`), from its
+        generation_config.json in `from_paths`."""
         self.model = model.eval()
         self.audio_tokenizer = audio_tokenizer
         self.text_tokenizer = text_tokenizer
@@ -82,6 +85,7 @@ class Generator:
         self._rng = torch.Generator(device=model.device)
         self._steps: dict = {}
         self.label: str | None = None  # which model this is, when `from_pretrained` knows
+        self.long_form = long_form or LongForm()
 
     def compile_plan(self, max_new_tokens: int) -> tuple[bool | str, int]:
         """(the compile setting, the first step that runs compiled) for a run of `max_new_tokens` steps:
@@ -121,7 +125,8 @@ class Generator:
         cls, model_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "auto", **kw
     ) -> Generator:
         """Load LM, text tokenizer (from the LM's directory) and audio tokenizer onto one device; the
-        checkpoint's `generation_config.json` `guidance_scale`, if any, becomes the default `cfg_scale`."""
+        checkpoint's `generation_config.json` `guidance_scale`, if any, becomes the default `cfg_scale`, and
+        its "higgslab_long_form" the `long_form` defaults."""
         import json
 
         from transformers import AutoTokenizer
@@ -144,9 +149,13 @@ class Generator:
 
             audio_tok = load_tokenizer(tokenizer_path, device=dev)
         generation = Path(model_path) / "generation_config.json"
-        if generation.is_file() and "cfg_scale" not in kw:
-            scale = json.loads(generation.read_text()).get("guidance_scale")  # null or absent: off
-            kw["cfg_scale"] = 1.0 if scale is None else float(scale)
+        if generation.is_file():
+            defaults = json.loads(generation.read_text())
+            scale = defaults.get("guidance_scale")  # null or absent: off
+            kw.setdefault("cfg_scale", 1.0 if scale is None else float(scale))
+            kw.setdefault(
+                "long_form", LongForm.from_config(defaults.get("higgslab_long_form"), str(generation))
+            )
         return cls(model, audio_tok, text_tok, **kw)
 
     # ---- prompts -----------------------------------------------------------------------------------------
@@ -312,7 +321,7 @@ class Generator:
         """One prompt → `GenerationResult`. Give `prompt_ids` `[T]` (+ `audio_codes` `[n_q, F]` for its
         audio placeholders), or `text` (+ `scene`, `ref_audio` path/codes, `ref_text`). With `cfg_scale` ≠ 1
         (None: the model's default), the unconditional prompt is `unconditional_ids` if given, else the
-        prompt with its last user turn's content cut out."""
+        prompt with its last user turn's content cut out. `seed` None draws one (`result.seed`)."""
         settings = self._settings(cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                                   ras_window=ras_window, ras_max_repeat=ras_max_repeat)  # fmt: skip
         ids, codes, uncond = self._one_prompt(
@@ -336,46 +345,8 @@ class Generator:
             return np.zeros(0, dtype=np.float32)
         return np.asarray(self.audio_tokenizer.decode(codes), dtype=np.float32)
 
-    def generate_long(
-        self,
-        text: str,
-        scene=None,
-        ref_audio=None,
-        ref_text=None,
-        chunk_words: int = 100,
-        context_chunks: int = 2,
-        seed: int | None = None,
-        **kw,
-    ) -> GenerationResult:
-        """Long text, chunk by chunk (`prompt.split_text`: speaker turns, else sentences up to `chunk_words`),
-        each chunk prompted with the voice reference and the last `context_chunks` chunks' text and codes,
-        as the official generation example does. Returns the concatenated codes, audio and summed stats."""
-        from higgslab.generate.prompt import split_text
-
-        done: list[tuple[str, torch.Tensor]] = []
-        results = []
-        for i, chunk in enumerate(split_text(text, max_words=chunk_words)):
-            context = done[-context_chunks:] if context_chunks else []
-            ids, codes = self.prompt(chunk, scene, ref_audio, ref_text, context=context)
-            r = self.generate(ids, audio_codes=codes, seed=None if seed is None else seed + i, **kw)
-            results.append(r)
-            done.append((chunk, r.codes))
-        codes = torch.cat([r.codes for r in results], dim=1)
-        audio = None if results[0].audio is None else np.concatenate([r.audio for r in results])
-        stats = GenerationStats(device=results[0].stats.device)
-        for name in ("prompt_tokens", "steps", "frames", "prefill_s", "decode_s", "audio_decode_s"):
-            setattr(stats, name, sum(getattr(r.stats, name) for r in results))
-        stats.time_to_first_audio_s = results[0].stats.time_to_first_audio_s
-        return GenerationResult(
-            codes=codes,
-            columns=torch.cat([r.columns for r in results], dim=1),
-            finished=all(r.finished for r in results),
-            stream_ids=results[0].stream_ids,
-            sample_rate=results[0].sample_rate,
-            audio=audio,
-            seed=seed,
-            stats=stats,
-        )
+    # long text, chunk by chunk, as the official generation example does: `longform.generate_long`
+    generate_long = longform.generate_long
 
     def generate_batch(
         self, prompts: list[torch.Tensor], audio_codes: list[torch.Tensor | None] | None = None, **kw
@@ -516,7 +487,9 @@ class Generator:
                 f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
                 f"{c.max_position_embeddings} positions"
             )
-        self._rng.manual_seed(seed if seed is not None else torch.seed() % 2**63)
+        # None: a seed of our own, never torch.seed(), which would reseed torch's global generator
+        seed = longform.draw_seed() if seed is None else seed
+        self._rng.manual_seed(seed)
         stats = GenerationStats(prompt_tokens=T, device=str(dev))
         reset_peak_memory(dev)
 

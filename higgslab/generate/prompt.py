@@ -1,5 +1,5 @@
 """The generation prompt of FORMATS.md §5 (the official example's `prepare_generation_context` and the turns
-its chunk loop adds), and long text split into chunks for long-form generation.
+its chunk loop adds; the chunks themselves come from `longform.split_text`).
 
     <|begin_of_text|><|start_header_id|>system<|end_header_id|>\\n\\n{system message}<|eot_id|>   (see below)
     per reference:  <|start_header_id|>user<|end_header_id|>\\n\\n[SPEAKERn] {ref_text}<|eot_id|>   ([SPEAKERn] only
@@ -30,7 +30,6 @@ User text (the text to speak, reference transcripts, the scene) never holds a sp
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -257,39 +256,3 @@ def build_prompt(
             f"the prompt holds {placeholders} audio placeholders for {audio_codes.shape[1]} columns"
         )
     return Prompt(ids, audio_codes, rendered, _text_span(ids, text_tokenizer))
-
-
-SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
-
-
-def split_text(text: str, max_words: int = 100, max_turns: int = 1) -> list[str]:
-    """Split long text into chunks to generate one after another (each with the previous audio as context).
-
-    With `[SPEAKERn]` tags: one chunk per speaker turn (a turn starts at its tag; `max_turns` turns per chunk).
-    Otherwise: paragraphs (blank lines), each cut at sentence ends into chunks of at most `max_words` words
-    (a longer sentence is cut by words).
-    """
-    check_user_text(text, "text")
-    if max_words < 1 or max_turns < 1:
-        raise HiggsLabError(f"max_words and max_turns must be >= 1, got {max_words}, {max_turns}")
-    if SPEAKER_TAG.search(text):
-        starts = [m.start() for m in SPEAKER_TAG.finditer(text)]
-        cuts = sorted({0, *starts, len(text)})
-        turns = [text[a:b].strip() for a, b in itertools.pairwise(cuts)]
-        turns = [t for t in turns if t]
-        return ["\n".join(turns[i : i + max_turns]) for i in range(0, len(turns), max_turns)]
-    chunks = []
-    for paragraph in re.split(r"\n\s*\n", text.strip()):
-        current: list[str] = []
-        for sentence in SENTENCE_END.split(" ".join(paragraph.split())):
-            words = sentence.split()
-            if current and len(current) + len(words) > max_words:
-                chunks.append(" ".join(current))
-                current = []
-            while len(words) > max_words:
-                chunks.append(" ".join(words[:max_words]))
-                words = words[max_words:]
-            current += words
-        if current:
-            chunks.append(" ".join(current))
-    return chunks

@@ -1,13 +1,18 @@
-"""What a generation returns: the codes, the delayed columns as generated, audio, and timing."""
+"""What a generation returns: the codes, the delayed columns as generated, audio, timing, and for a long-form
+run each chunk's report."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from higgslab.config import StreamIds
+
+if TYPE_CHECKING:
+    from higgslab.generate.longform import ChunkReport
 
 
 @dataclass
@@ -42,8 +47,9 @@ class GenerationResult:
     stream_ids: StreamIds  # the model's stream bos/eos ids in `columns` (`HiggsConfig.stream_ids`)
     sample_rate: int = 24000
     audio: np.ndarray | None = None  # float32 [samples] when an audio tokenizer is attached
-    seed: int | None = None
+    seed: int | None = None  # the seed it was sampled with (drawn when none was given)
     stats: GenerationStats = field(default_factory=GenerationStats)
+    chunks: list[ChunkReport] = field(default_factory=list)  # long-form: one report per chunk, else empty
 
     @property
     def duration_s(self) -> float:

@@ -158,11 +158,17 @@ def text_gain(
     return codebook0(texts[1:] + texts[:1]) - codebook0(texts)
 
 
+# Generator.long_form of the exported model: trained on one sentence per prompt (`make_example`), it has
+# never seen earlier chunks as context nor [SPEAKERn] tags (bench/RESULTS.md, "Long-form")
+LONG_FORM = {"context_chunks": 0, "speaker_tags": False}
+
+
 def export_model(
     model, text_dir: Path, out: Path, dtype: torch.dtype = torch.float32, generation: dict | None = None
 ) -> Path:
     """Write the LM in the ORIGINAL layout (`write_checkpoint`) with the text tokenizer files beside it,
-    and `generation` (e.g. `{"guidance_scale": 2.0}`) as its `generation_config.json`."""
+    and `generation` (e.g. `{"guidance_scale": 2.0, "higgslab_long_form": LONG_FORM}`) as its
+    `generation_config.json`."""
     import json
     import shutil
 
@@ -243,7 +249,8 @@ def train_lm(cfg: DictConfig) -> Path:
                              eval_every=m.eval_every, title=f"mini LM ({m.name})")  # fmt: skip
     run_training(model, model.parameters(), step, run_dir, settings, eval_fn)
     # the scale the model was measured best with (train/listen.py); 1 = no guidance
-    generation = {"guidance_scale": float(m.guidance_scale)} if m.guidance_scale != 1 else None
+    generation = {"guidance_scale": float(m.guidance_scale)} if m.guidance_scale != 1 else {}
+    generation["higgslab_long_form"] = LONG_FORM
     return export_model(model, text_dir, run_dir / "model", generation=generation)
 
 

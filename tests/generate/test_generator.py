@@ -173,30 +173,6 @@ def text_gen(embedded_cache):
     return gen
 
 
-def test_long_text_is_chunked_with_previous_audio_as_context(text_gen):
-    calls = []
-    plain = text_gen.prompt
-
-    def spy(text, *args, context=(), **kw):
-        calls.append((text, [c[1].shape[1] for c in context]))
-        return plain(text, *args, context=context, **kw)
-
-    text_gen.prompt = spy
-    try:
-        r = text_gen.generate_long(
-            "One two three. Four five six. Seven eight nine.",
-            chunk_words=3,
-            context_chunks=1,
-            max_new_tokens=16,
-            seed=1,
-        )
-    finally:
-        del text_gen.prompt
-    assert [c[0] for c in calls] == ["One two three.", "Four five six.", "Seven eight nine."]
-    assert calls[0][1] == [] and calls[1][1] == [8] and calls[2][1] == [8]  # the previous chunk's 8 frames
-    assert r.codes.shape == (8, 24) and r.audio.shape == (24 * 960,)
-
-
 def test_voice_reference_enters_the_prompt_as_delayed_codes(text_gen):
     ref = torch.randint(0, 1024, (8, 5))
     ids, codes = text_gen.prompt("Hello.", ref_audio=ref, ref_text="A voice.")

@@ -1,4 +1,4 @@
-"""Prompt of FORMATS.md §5 on the tiny Llama-3-shaped tokenizer; long-text chunking; the tokenizer itself."""
+"""Prompt of FORMATS.md §5 on the tiny Llama-3-shaped tokenizer; the tokenizer itself."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 from higgslab import delay
 from higgslab.errors import HiggsLabError
 from higgslab.generate import prompt
-from higgslab.generate.prompt import split_text, text_span
+from higgslab.generate.prompt import text_span
 from higgslab.tiny.text import write_tiny_text_tokenizer
 
 IDS = delay.StreamIds.after_codes(1024)  # the real checkpoint's geometry
@@ -342,33 +342,3 @@ def test_audio_in_references_enter_the_model_as_codes_through_the_text_ffn(token
     first_in = int(audio_in.nonzero()[0])
     assert torch.equal(changed[0, :first_in], ours.audio_logits[0, :first_in])  # causal: before the codes
     assert (changed[0, -1] - ours.audio_logits[0, -1]).abs().max() > 1e-3  # the next frame depends on them
-
-
-# ---- split_text -------------------------------------------------------------------------------------------------
-def test_split_by_speaker_turns():
-    text = "[SPEAKER0] Hello there. How are you?\n[SPEAKER1] Fine, thanks.\n[SPEAKER0] Good."
-    assert split_text(text) == [
-        "[SPEAKER0] Hello there. How are you?",
-        "[SPEAKER1] Fine, thanks.",
-        "[SPEAKER0] Good.",
-    ]
-    assert split_text(text, max_turns=2) == [
-        "[SPEAKER0] Hello there. How are you?\n[SPEAKER1] Fine, thanks.",
-        "[SPEAKER0] Good.",
-    ]
-    assert split_text("Intro. [SPEAKER0] A.")[0] == "Intro."
-
-
-def test_split_by_paragraph_and_sentence_within_max_words():
-    text = "One two three. Four five six! Seven eight?\n\nNine ten eleven twelve thirteen fourteen fifteen."
-    chunks = split_text(text, max_words=6)
-    assert chunks == [
-        "One two three. Four five six!",
-        "Seven eight?",
-        "Nine ten eleven twelve thirteen fourteen",
-        "fifteen.",
-    ]
-    assert " ".join(chunks).split() == text.split()
-    assert split_text("  Just   one\nline. ") == ["Just one line."]
-    with pytest.raises(HiggsLabError, match="empty"):
-        split_text(" ")

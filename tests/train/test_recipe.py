@@ -13,6 +13,7 @@ from .conftest import compose, tiny_overrides
 
 def test_recipe_end_to_end(corpus, tmp_path):
     from higgslab.generate.generator import Generator
+    from higgslab.generate.longform import LongForm
     from higgslab.io.load import load_tokenizer
     from higgslab.train.export import export_mini
     from higgslab.train.lm import train_lm
@@ -35,6 +36,7 @@ def test_recipe_end_to_end(corpus, tmp_path):
     dest = export_mini(tmp_path / "run", tmp_path / "assets/mini")
     gen = Generator.from_paths(dest / "model", dest / "tokenizer", device="cpu")
     assert gen.cfg_scale == 2.5  # the recipe's guidance scale travels with the shipped model
+    assert gen.long_form == LongForm(context_chunks=0, speaker_tags=False)  # and its long-form defaults
 
     def speak(**kw):
         return gen.generate(text="Anna found the key.", max_new_tokens=30, seed=1, **kw)
