@@ -82,6 +82,17 @@ def _check_text(text: str, what: str) -> None:
         raise HiggsLabError(f"{what} is empty")
 
 
+SPECIAL_TOKEN = re.compile(r"<\|[^|\s]+\|>")  # STAND-IN by helper C for helper P's (contract P)
+
+
+def check_user_text(text: str, what: str) -> None:
+    """STAND-IN by helper C for helper P's `check_user_text` (contract P): empty text or a special token
+    string in user text is one line. The lead takes P's version at merge."""
+    _check_text(text, what)
+    if (m := SPECIAL_TOKEN.search(text)) is not None:
+        raise HiggsLabError(f"{what} holds the special token string {m.group()!r}: remove it")
+
+
 def render(text: str, scene: str | None = None, reference_columns: Sequence[tuple[str, int]] = ()) -> str:
     """The prompt as a string: `reference_columns` = (transcript, number of delayed columns) per reference."""
     parts = ["<|begin_of_text|>"]
