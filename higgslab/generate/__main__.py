@@ -64,12 +64,14 @@ def run(cfg: DictConfig) -> int:
     if s.voice is not None or s.ref_audio is not None:  # encoded once, for every chunk and retry
         references = gen.references(s.voice, s.voices_dir, s.ref_audio, s.ref_text,
                                     ref_max_s=s.ref_max_s, ref_too_long=s.ref_too_long)  # fmt: skip
-    chunking = {k: v for k, v in (("max_words", s.chunk_max_words), ("max_turns", s.chunk_max_turns)) if v}
-    with tqdm(total=planned_steps(gen, s, chunking), desc="generating", unit="step", file=sys.stdout) as bar:
+    chunking = {
+        k: v for k, v in (("max_words", s.chunk_max_words), ("max_turns", s.chunk_max_turns)) if v is not None
+    }
+    with tqdm(total=0, desc="generating", unit="step", file=sys.stdout) as bar:
 
-        def advance(steps: int) -> None:
-            bar.total = max(bar.total, bar.n + steps)  # a retry runs past the plan
-            bar.update(steps)
+        def sized(limit: int) -> None:  # before each try: the bar grows by that chunk's own token limit
+            bar.total += limit
+            bar.refresh()
 
         result = gen.generate_long(
             s.text,
@@ -86,7 +88,8 @@ def run(cfg: DictConfig) -> int:
             min_duration_s=s.min_duration_s,
             seed=seed,
             on_event=lambda line: bar.write(line, file=sys.stdout),
-            progress=advance,
+            on_limit=sized,
+            progress=bar.update,  # a try that ends early is filled up to its limit: the bar ends complete
             temperature=s.temperature,
             top_k=s.top_k,
             top_p=s.top_p,
@@ -94,11 +97,9 @@ def run(cfg: DictConfig) -> int:
             ras_max_repeat=s.ras_max_repeat,
             cfg_scale=s.cfg_scale,
         )
-        bar.total = bar.n  # chunks that ended before their limit: the bar ends complete
-        bar.refresh()
     for i, c in enumerate(result.chunks, 1):
         print(f"chunk {i}/{len(result.chunks)}: {c.words} words, prompt {c.prompt_tokens} tokens, seed {c.seed}, "
-              f"{c.steps}/{c.max_new_tokens} steps, {c.duration_s:.2f} s" + ("" if c.finished else ", no end"))  # fmt: skip
+              f"{c.steps}/{c.max_new_tokens} steps, {c.duration_s:.2f} s" + ("" if c.finished else ", gave up"))  # fmt: skip
     st = result.stats
     print(
         f"{st.steps} steps in {st.decode_s:.2f} s = {st.steps_per_s:.1f} steps/s ({st.frames_per_s:.1f} frames/s); "
@@ -121,34 +122,20 @@ def run(cfg: DictConfig) -> int:
     return 1 if gave_up else 0
 
 
-def planned_steps(gen, s: GenerateSettings, chunking: dict) -> int:
-    """The progress bar's length: every chunk's own token limit (the stated rule of `longform.token_limit`)."""
-    from higgslab.generate.longform import split_text, token_limit
-
-    return sum(
-        token_limit(
-            chunk,
-            n_q=gen.config.num_codebooks,
-            frame_rate=gen.audio_tokenizer.frame_rate,
-            max_new_tokens=s.max_new_tokens,
-            seconds_per_word=s.seconds_per_word,
-            seconds_extra=s.seconds_extra,
-        )  # fmt: skip
-        for chunk in split_text(s.text, s.chunk_method, **chunking)
-    )
-
-
 def gave_up_line(i: int, chunk, s: GenerateSettings) -> str | None:
-    """Why chunk `i` (a `longform.ChunkReport`) gave up, or None when its last try passed."""
+    """Why chunk `i` (a `longform.ChunkReport`) gave up, or None when its kept try passed."""
+    if chunk.finished and chunk.duration_s >= s.min_duration_s:
+        return None
     seeds = [seed for seed, _ in chunk.tries]
     if not seeds or seeds[-1] != chunk.seed:
         seeds.append(chunk.seed)
-    tries = f"in {len(seeds)} {'try' if len(seeds) == 1 else 'tries'} (seeds {', '.join(map(str, seeds))})"
-    if not chunk.finished:
-        return f"chunk {i} did not end within {chunk.max_new_tokens} steps {tries}"
-    if chunk.duration_s < s.min_duration_s:
-        return f"chunk {i} stayed shorter than min_duration_s={s.min_duration_s:g} ({chunk.duration_s:.2f} s) {tries}"
-    return None
+    why = chunk.tries[-1][1] if chunk.tries else f"short: {chunk.duration_s:.2f} s < {s.min_duration_s} s"
+    tries = (
+        f"1 try (seed {seeds[0]})"
+        if len(seeds) == 1
+        else f"{len(seeds)} tries (seeds {', '.join(map(str, seeds))})"
+    )
+    return f"chunk {i} after {tries}, the last {why}"
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")

@@ -233,13 +233,11 @@ def _check_references(s: GenerateSettings) -> None:
     from higgslab.generate.prompt import check_user_text
 
     if s.ref_audio is not None:
-        if not Path(s.ref_audio).is_file():
-            raise HiggsLabError(f"ref_audio {s.ref_audio}: no such file")
-        voices.check_clip(Path(s.ref_audio), s.ref_max_s, s.ref_too_long)
+        voices.check_clip(Path(s.ref_audio), s.ref_max_s, s.ref_too_long)  # exists, readable, not too long
     for name in [s.voice] if isinstance(s.voice, str) else s.voice or []:
         wav, transcript = voices.voice_files(name, None if s.voices_dir is None else Path(s.voices_dir))
-        check_user_text(transcript, f"voice {name}'s transcript")
-        voices.check_clip(wav, s.ref_max_s, s.ref_too_long)
+        check_user_text(transcript, f"voice {name!r}: its transcript")
+        voices.check_clip(wav, s.ref_max_s, s.ref_too_long, what=f"voice {name!r}:")
 
 
 def check_output_dir(output_dir: str) -> None:

@@ -13,13 +13,20 @@ from higgslab.errors import HiggsLabError
 SHIPPED_VOICES = Path(__file__).resolve().parents[1] / "assets" / "voices"
 
 
+def _folder(voices_dir: Path | None) -> Path:
+    folder = SHIPPED_VOICES if voices_dir is None else Path(voices_dir)
+    if not folder.is_dir():
+        raise HiggsLabError(f"voices_dir {folder} is not a folder")
+    return folder
+
+
 def list_voices(voices_dir: Path | None = None) -> list[str]:
-    folder = Path(voices_dir) if voices_dir is not None else SHIPPED_VOICES
+    folder = _folder(voices_dir)
     return sorted(p.stem for p in folder.glob("*.wav") if p.with_suffix(".txt").is_file())
 
 
 def voice_files(name: str, voices_dir: Path | None = None) -> tuple[Path, str]:
-    folder = Path(voices_dir) if voices_dir is not None else SHIPPED_VOICES
+    folder = _folder(voices_dir)
     wav, txt = folder / f"{name}.wav", folder / f"{name}.txt"
     if not (wav.is_file() and txt.is_file()):
         held = ", ".join(list_voices(folder)) or "none"
@@ -33,17 +40,20 @@ def voice_files(name: str, voices_dir: Path | None = None) -> tuple[Path, str]:
     return wav, transcript
 
 
-def check_clip(path: Path, max_s: float | None, too_long: str = "refuse") -> float:
+def check_clip(path: Path, max_s: float | None, too_long: str = "refuse", what: str = "ref_audio") -> float:
     import soundfile as sf
 
+    if not Path(path).is_file():
+        raise HiggsLabError(f"{what} {path}: no such file")
     try:
         info = sf.info(str(path))
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError on files it cannot read
-        raise HiggsLabError(f"{path}: cannot read audio ({str(e).splitlines()[0][:120]})") from None
+        reason = str(e).splitlines()[0][:120]
+        raise HiggsLabError(f"{what} {path}: not an audio file soundfile can read ({reason})") from None
     seconds = info.frames / info.samplerate
     if max_s is not None and seconds > max_s and too_long == "refuse":
         raise HiggsLabError(
-            f"ref_audio {path} is {seconds:.1f} s, longer than ref_max_s={max_s:g} "
+            f"{what} {path} is {seconds:.1f} s, longer than ref_max_s={max_s:g} "
             f"(pass ref_too_long=cut to use its first {max_s:g} s)"
         )
     return seconds

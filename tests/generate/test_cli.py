@@ -59,8 +59,8 @@ def test_writes_a_24k_mono_16bit_wav_and_says_when_a_chunk_gave_up(tmp_path, cac
     assert "40 steps in" in proc.stdout and " steps/s (" in proc.stdout and " frames/s)" in proc.stdout
     assert "guidance" not in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == (
-        "gave up: chunk 1 did not end within 40 steps in 1 try (seeds 1); wrote out/output_1.wav with the last "
-        "try of each"
+        "gave up: chunk 1 after 1 try (seed 1), the last runaway: no end of stream within 40 steps; wrote "
+        "out/output_1.wav with the last try of each"
     )
 
 
@@ -69,7 +69,7 @@ def test_a_runaway_is_retried_with_the_next_seeds_and_the_file_keeps_the_request
     proc = generate(tmp_path, "text=Hi.", "max_new_tokens=12", "seed=7", "cfg_scale=2", cache=cache)
     assert proc.returncode == 1, proc.stderr
     assert "classifier-free guidance 2" in proc.stdout
-    assert "in 4 tries (seeds 7, 8, 9, 10)" in proc.stdout.strip().splitlines()[-1]
+    assert "chunk 1 after 4 tries (seeds 7, 8, 9, 10)" in proc.stdout.strip().splitlines()[-1]
     assert [p.name for p in (tmp_path / "output_audio").iterdir()] == ["output_7.wav"]
 
 

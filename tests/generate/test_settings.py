@@ -93,10 +93,14 @@ BAD = [
     (["scene=<|begin_of_text|>"], "scene holds the special token string '<|begin_of_text|>'"),
     # files
     (["ref_audio=missing.wav"], "ref_audio missing.wav: no such file"),
-    (["ref_audio=afile"], "afile: cannot read audio"),
+    (["ref_audio=afile"], "ref_audio afile: not an audio file soundfile can read"),
     (["ref_audio=clip.wav", "ref_max_s=1.5"], "ref_audio clip.wav is 2.0 s, longer than ref_max_s=1.5"),
     (["voice=nobody", "voices_dir=voices"], "nobody"),
-    (["voice=alice", "voices_dir=nowhere"], "alice"),
+    (["voice=alice", "voices_dir=nowhere"], "voices_dir nowhere is not a folder"),
+    (
+        ["voice=alice", "voices_dir=voices", "ref_max_s=1"],
+        "voice 'alice': voices/alice.wav is 2.0 s, longer than",
+    ),
     (["output_dir=afile"], "output_dir afile is a file, not a directory"),
     (["output_dir=afile/sub/dir"], "output_dir afile/sub/dir: afile is a file, not a directory"),
 ]
@@ -216,6 +220,7 @@ class FakeGenerator:
     def generate_long(self, text, scene=None, **kw):
         self.calls.append(("generate_long", (text, scene), kw))
         kw["on_event"]("chunk 1/1: seed 1 ran to its limit; retrying with seed 2")
+        kw["on_limit"](100)
         kw["progress"](96)
         kw["progress"](4)
         start = 0
@@ -230,8 +235,7 @@ class FakeGenerator:
 
 @pytest.fixture
 def fake(workdir, monkeypatch):
-    """Install a stand-in generator with the given chunk reports; the progress bar's plan is 200 steps."""
-    monkeypatch.setattr(cli, "planned_steps", lambda gen, s, chunking: 200)
+    """Install a stand-in generator with the given chunk reports."""
 
     def install(*chunks):
         gen = FakeGenerator(list(chunks))
@@ -270,20 +274,18 @@ def test_seed_null_draws_one_prints_it_and_names_the_output_after_it(fake, workd
 
 
 def test_a_chunk_that_gave_up_is_the_last_line_and_exit_code_1_with_per_chunk_files(fake, workdir, capsys):
+    runaway = "runaway: no end of stream within 412 steps"
     fake(
         chunk(0, seed=1, seconds=2.0),
-        chunk(
-            1, seed=4, seconds=16.5, finished=False, tries=[(1, "runaway"), (2, "runaway"), (3, "runaway")]
-        ),
-        chunk(2, seed=1, seconds=0.25, tries=[(1, "short: 0.1 s < 0.5 s")]),
+        chunk(1, seed=5, seconds=16.5, finished=False, tries=[(s, runaway) for s in (2, 3, 4, 5)]),
+        chunk(2, seed=6, seconds=0.25),  # ended, but too short: gave up too
     )
     code = cli.run(config("text=One. Two. Three.", "chunk_files=true", "voice=alice", "voices_dir=voices"))
     assert code == 1
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == (
-        "gave up: chunk 2 did not end within 412 steps in 4 tries (seeds 1, 2, 3, 4); chunk 3 stayed shorter "
-        "than min_duration_s=0.5 (0.25 s) in 1 try (seeds 1); wrote output_audio/output_1.wav with the last try "
-        "of each"
+        f"gave up: chunk 2 after 4 tries (seeds 2, 3, 4, 5), the last {runaway}; chunk 3 after 1 try (seed 6), "
+        "the last short: 0.25 s < 0.5 s; wrote output_audio/output_1.wav with the last try of each"
     )
     out = workdir / "output_audio"
     assert sorted(p.name for p in out.iterdir()) == [
