@@ -12,7 +12,6 @@ or stayed too short, in 1 + max_retries tries) is said in the last line, and the
 
 from __future__ import annotations
 
-import random
 import re
 import sys
 from pathlib import Path
@@ -46,8 +45,10 @@ def run(cfg: DictConfig) -> int:
 
     s = settings_from(cfg)
     seed = s.seed
-    if seed is None:  # a local generator: torch's global one is never reseeded
-        seed = random.SystemRandom().randrange(2**32)
+    if seed is None:  # drawn from the OS: torch's global generator is never reseeded
+        from higgslab.generate.longform import draw_seed
+
+        seed = draw_seed()
         print(f"seed: {seed} (drawn for seed=null; pass seed={seed} to repeat this run)")
     path = output_path(s.output_dir, seed, s.overwrite, s.chunk_files)
 

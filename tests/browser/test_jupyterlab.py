@@ -145,6 +145,7 @@ def run_all_cells(page, attempts: int = 3) -> None:
                 raise
 
 
+@pytest.mark.slow  # over a minute of a real browser and kernel: .ci/run runs it with the other slow checks
 def test_codebook_explorer_in_jupyterlab(lab, tmp_path):
     executable = ensure_chromium()
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
@@ -167,7 +168,7 @@ def test_codebook_explorer_in_jupyterlab(lab, tmp_path):
                 # widgets made then never render although every cell ran: run everything once more
                 run_all_cells(page)
                 try:
-                    label.wait_for(timeout=90_000)
+                    label.wait_for(timeout=150_000)
                     break
                 except Exception:
                     if attempt == 1:
