@@ -7,7 +7,7 @@
 with each seed and the CLI's limit of 2048 steps; prints duration / word_count per sentence that ended,
 their min / median / max, and how many did not end. That band sizes `generate_long`'s token-limit rule
 (`seconds_per_word`, `seconds_extra`) and the long-form checks of tests/generate/test_longform.py.
-`context`: `generate_long` on tests/data/longform_story.txt (3 paragraphs, 280 words) with each `context_chunks`; prints each
+`context`: `generate_long` on tests/data/longform_story.txt (3 paragraphs of 100 words) with each `context_chunks`; prints each
 chunk's words, steps, seconds and whether it finished. Both use the embedded model (`--model` for another).
 """
 

@@ -15,7 +15,7 @@ from higgslab.generate.generator import Generator
 from higgslab.generate.longform import LongForm, split_text, token_limit, word_count
 
 DATA = Path(__file__).parents[1] / "data"
-STORY = DATA / "longform_story.txt"  # 3 paragraphs, 280 words
+STORY = DATA / "longform_story.txt"  # 3 paragraphs of 100 words
 DIALOGUE = DATA / "longform_dialogue.txt"  # 6 turns, [SPEAKER0] and [SPEAKER1]
 # The shipped mini's seconds per word over 30 held-out sentences x 3 seeds: 0.185-0.493 (bench/RESULTS.md,
 # "Long-form"); a whole long text must fall in it
