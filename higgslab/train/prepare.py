@@ -139,7 +139,7 @@ def clip_id(path: Path, base: Path) -> str:
 
 def read_folder(folder: Path) -> tuple[list[Example], list[dict]]:
     """The examples of a folder of audio + `.txt` (+ `.json`) files, and the files skipped with why."""
-    examples, skipped, seen = [], [], {}
+    folder, examples, skipped, seen = folder.resolve(), [], [], {}
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     for path in files:
         suffix = path.suffix.lower()
@@ -154,9 +154,7 @@ def read_folder(folder: Path) -> tuple[list[Example], list[dict]]:
         seen[example_id] = path
         try:
             meta = read_folder_meta(path.with_suffix(".json"))
-            examples.append(
-                Example(example_id, read_transcript(path.with_suffix(".txt")), str(path.resolve()), **meta)
-            )
+            examples.append(Example(example_id, read_transcript(path.with_suffix(".txt")), str(path), **meta))
         except HiggsLabError as e:
             skipped.append(skip(path, str(e)))
     return examples, skipped
@@ -182,7 +180,7 @@ def read_folder_meta(path: Path) -> dict:
 
 def read_jsonl(path: Path) -> tuple[list[Example], list[dict]]:
     """The examples of a §10 chat-shape JSONL file (references included), and the lines skipped with why."""
-    examples, skipped = [], []
+    path, examples, skipped = path.resolve(), [], []
     for n, raw in enumerate(path.read_bytes().splitlines(), 1):
         if not raw.strip():
             continue
@@ -437,14 +435,18 @@ def prepare(s: PrepareSettings) -> PrepareResult:
 
     shared = [None]
     if rank == 0:  # leftovers of a killed run go before anyone writes; then one listing for every rank
-        (out / "shards").mkdir(parents=True, exist_ok=True)
-        for tmp in (out / "shards").glob(".*.tmp"):
-            tmp.unlink()
-        records = read_shards(out)
-        check_resumable(out, records, wanted)
-        shared = [records]
+        try:
+            (out / "shards").mkdir(parents=True, exist_ok=True)
+            for tmp in (out / "shards").glob(".*.tmp"):
+                tmp.unlink()
+            shared = [read_shards(out)]
+            check_resumable(out, shared[0], wanted)
+        except HiggsLabError as e:  # every rank stops with it, none waits for the others
+            shared = [e]
     if world > 1:
         dist.broadcast_object_list(shared, src=0)
+    if isinstance(shared[0], HiggsLabError):
+        raise shared[0]
     records = shared[0]
     done = done_codes(records)
     todo = [ex for ex in examples if (ex.id, ex.sha256) not in done]
