@@ -137,7 +137,11 @@ def bad_folder(root):
     write_clip(folder / "special.wav", 24000, 1, 1.0)
     (folder / "special.txt").write_text("Hello <|eot_id|> there.")
     (folder / "orphan.txt").write_text("A transcript without audio.")
-    for name in ("empty", "unreadable", "nan", "long"):
+    write_clip(folder / "clone.wav", 24000, 1, 1.0)
+    (folder / "clone.json").write_text(json.dumps({"reference": "nan"}))
+    write_clip(folder / "typo.wav", 24000, 1, 1.0)
+    (folder / "typo.json").write_text(json.dumps({"speakr": "amy"}))
+    for name in ("empty", "unreadable", "nan", "long", "clone", "typo"):
         (folder / f"{name}.txt").write_text(f"The {name} clip.")
     reasons = {
         "no_text.wav": "no transcript: no_text.txt is missing",
@@ -148,6 +152,8 @@ def bad_folder(root):
         "latin1.flac": "transcript latin1.txt is not UTF-8 text (byte 3)",
         "special.wav": "transcript special.txt holds the special token string '<|eot_id|>'",
         "orphan.txt": "no audio beside it (.wav / .flac / .ogg)",
+        "clone.wav": "its reference 'nan' was skipped",
+        "typo.wav": "typo.json: unknown key 'speakr' (takes speaker, scene, reference)",
     }
     return folder, reasons
 
@@ -232,11 +238,28 @@ def test_an_interrupted_run_resumes_with_only_the_missing_examples(
     resumed = prepare(settings(clips, out, tokenizer_dir, "shard_examples=1"))
     assert resumed.encoded == ["c1", "c2"]
     assert sorted(p.name for p in (out / "shards").iterdir()) == [f"0000{i}.safetensors" for i in range(3)]
-    uninterrupted = prepare(settings(clips, tmp_path / "whole", tokenizer_dir, "shard_examples=1"))
+    whole = prepare(settings(clips, tmp_path / "whole", tokenizer_dir, "shard_examples=1"))
     assert (out / "manifest.jsonl").read_text() == (tmp_path / "whole" / "manifest.jsonl").read_text()
     assert read_folder_content(out)[1].keys() == read_folder_content(tmp_path / "whole")[1].keys()
-    assert uninterrupted.encoded == ["c0", "c1", "c2"]
+    assert whole.encoded == ["c0", "c1", "c2"]
     assert prepare(settings(clips, out, tokenizer_dir, "shard_examples=1")).encoded == []  # all done
+
+
+def test_a_rerun_encodes_a_clip_again_only_when_its_audio_changed(clips, tokenizer_dir, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for path in clips.iterdir():
+        (data / path.name).write_bytes(path.read_bytes())
+    assert prepare(settings(data, out, tokenizer_dir)).encoded == ["c0", "c1", "c2"]
+    (data / "c2.txt").write_text("A corrected transcript.")
+    assert prepare(settings(data, out, tokenizer_dir)).encoded == []
+    entries, _ = read_folder_content(out)
+    assert entries[2]["text"] == "A corrected transcript."
+    write_clip(data / "c2.ogg", 24000, 1, 1.0, seed=7)
+    assert prepare(settings(data, out, tokenizer_dir)).encoded == ["c2"]
+    entries, codes = read_folder_content(out)
+    assert entries[2]["frames"] == 25
+    assert torch.equal(codes["c2"].long(), load_tokenizer(tokenizer_dir).encode(*read_audio(data / "c2.ogg")))
 
 
 def free_port() -> int:
