@@ -419,8 +419,9 @@ def rank_device(name: str, world: int) -> str:
     return str(device)
 
 
-def prepare(s: PrepareSettings) -> PrepareResult:
-    """Encode `s.data` into `s.output_dir` (see the module docstring); returns what the run did."""
+def prepare(s: PrepareSettings) -> PrepareResult | None:
+    """Encode `s.data` into `s.output_dir` (see the module docstring); returns what the run did (on rank 0;
+    the other ranks of a torchrun return None once rank 0 has written the manifest)."""
     import torch.distributed as dist
     from tqdm import tqdm
 
