@@ -107,16 +107,18 @@ def _takes(annotation) -> str:
     return names.get(base, "a value") + (" or null" if type(None) in args else "")
 
 
-def _typed(cfg: DictConfig) -> GenerateSettings:
-    hints = typing.get_type_hints(GenerateSettings)
+def typed_settings(cfg: DictConfig, cls: type, cli: str):
+    """`cfg` merged onto the dataclass `cls` (no defaults: the yaml holds them) -> an instance of `cls`, or
+    one `HiggsLabError` line naming the key: unknown, unset, or of the wrong type. `cli` names the command."""
+    hints = typing.get_type_hints(cls)
     raw = OmegaConf.to_container(cfg, resolve=False)
     for key, value in raw.items():  # OmegaConf would read overwrite=2 or overwrite=yes as true
         if hints.get(key) is bool and not isinstance(value, bool):
             raise HiggsLabError(f"{key}={value}: takes true or false")
     try:
-        s = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GenerateSettings), cfg))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), cfg))
     except ConfigKeyError as e:
-        raise HiggsLabError(f"{e.key}: not a setting of generate (the keys: --cfg job)") from None
+        raise HiggsLabError(f"{e.key}: not a setting of {cli} (the keys: --cfg job)") from None
     except MissingMandatoryValue as e:
         key = str(e.full_key)
         what = 'text="what to say"' if key == "text" else f"{key}=..."
@@ -126,6 +128,10 @@ def _typed(cfg: DictConfig) -> GenerateSettings:
         raise HiggsLabError(f"{key}={raw.get(key)}: takes {_takes(hints.get(key))}") from None
     except OmegaConfBaseException as e:  # an interpolation in a quoted value that does not resolve
         raise HiggsLabError(f"{e.full_key}: {str(e.msg).splitlines()[0]}") from None
+
+
+def _typed(cfg: DictConfig) -> GenerateSettings:
+    s = typed_settings(cfg, GenerateSettings, "generate")
     if not (s.compile is None or isinstance(s.compile, bool) or s.compile in ("auto", *COMPILE_MODES)):
         modes = ", ".join(COMPILE_MODES)
         raise HiggsLabError(f"compile={s.compile}: takes auto, true, false or a torch.compile mode ({modes})")
