@@ -30,7 +30,15 @@ from higgslab.errors import HiggsLabError
 from higgslab.io.adapter import CONFIG as ADAPTER_CONFIG
 from higgslab.io.adapter import load_adapter
 
-__all__ = ["METHODS", "LoraSettings", "prepare_for", "trainable_parameters", "save_trained", "load_adapter"]
+__all__ = [
+    "METHODS",
+    "LoraSettings",
+    "prepare_for",
+    "trainable_parameters",
+    "save_trained",
+    "load_adapter",
+    "check_method",
+]
 
 METHODS = ("lora", "audio", "full")
 # LoRA targets by name -> the Linear modules they cover (PEFT full-matches the regex against module names)
@@ -73,6 +81,11 @@ class LoraSettings:
         return rf"layers\.\d+\.({'|'.join(LORA_TARGETS[t] for t in self.targets)})"
 
 
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise HiggsLabError(f"method={method}: takes {' | '.join(METHODS)}")
+
+
 def is_audio_path(name: str) -> bool:
     """Is parameter `name` (of a `HiggsAudioModel`) part of the DualFFN audio path?"""
     return AUDIO_PATH.match(name) is not None
@@ -82,8 +95,7 @@ def prepare_for(model: nn.Module, method: str, lora: LoraSettings | None = None)
     """`model` (a `HiggsAudioModel`) set up for `method`: `requires_grad` on exactly the weights that
     train. `lora` wraps it in a `peft.PeftModel` (a fresh adapter's B is zero: same outputs as the
     base); `audio` and `full` return the model itself."""
-    if method not in METHODS:
-        raise HiggsLabError(f"method={method}: takes {' | '.join(METHODS)}")
+    check_method(method)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -126,8 +138,7 @@ def save_trained(
     from higgslab.io import lm_format
     from higgslab.io.atomic import atomic_dir
 
-    if method not in METHODS:
-        raise HiggsLabError(f"method={method}: takes {' | '.join(METHODS)}")
+    check_method(method)
     if isinstance(model, DistributedDataParallel):
         model = model.module
     if (method == "lora") != isinstance(model, PeftModel):
