@@ -34,6 +34,10 @@ def check_config(cfg: DictConfig) -> None:
         )
     if not isinstance(cfg.text, str) or not cfg.text.strip():
         raise HiggsLabError('text is empty: pass text="what to say"')
+    if cfg.adapter_path is not None:
+        from higgslab.io.adapter import check_adapter_dir
+
+        check_adapter_dir(cfg.adapter_path)
     if cfg.ref_audio is not None and not Path(cfg.ref_audio).is_file():
         raise HiggsLabError(f"ref_audio {cfg.ref_audio}: no such file")
     if cfg.mode == "quality" and quality.missing():
@@ -60,7 +64,11 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     if tokenizer_path is None:
         raise HiggsLabError("eval needs an audio tokenizer to check audio: pass tokenizer_path=...")
     # eager: a compiled step's warm-up would land in the timed runs of performance mode
-    gen = Generator.from_paths(model_path, tokenizer_path, device=cfg.device, compile=False)
+    gen = Generator.from_paths(
+        model_path, tokenizer_path, device=cfg.device, adapter_path=cfg.adapter_path, compile=False
+    )
+    if cfg.adapter_path is not None:
+        label += f" + LoRA adapter {cfg.adapter_path}"
     print(f"model: {label}\ndevice: {gen.model.device} ({gen.model.dtype})")
     sampling = {k: cfg[k] for k in ("top_k", "top_p", "ras_window", "ras_max_repeat")}
     generate = generator_fn(gen, cfg.text, cfg.scene, cfg.ref_audio, cfg.ref_text, sampling)
@@ -76,6 +84,7 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
             "label": label,
             "model_path": str(model_path),
             "tokenizer_path": str(tokenizer_path),
+            "adapter_path": cfg.adapter_path,
             "parameters": gen.model.num_parameters(text_head=False),
             "dtype": str(gen.model.dtype).removeprefix("torch."),
             "device": str(gen.model.device),

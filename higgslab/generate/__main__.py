@@ -1,7 +1,8 @@
 """`python -m higgslab.generate text="..."`: text → speech → `output_<seed>.wav` (24 kHz mono 16-bit).
 
 Hydra config `higgslab/conf/generate.yaml`; every NPU-port flag is an override (`temperature=0.3 seed=7
-model_path=model_cache tokenizer_path=tokenizer_cache ...`). `--help` and `--cfg job` work as usual.
+model_path=model_cache tokenizer_path=tokenizer_cache ...`); `adapter_path=DIR` adds a LoRA adapter (merged at
+load). `--help` and `--cfg job` work as usual.
 
 A run: the settings are checked first (`settings.settings_from`: a bad one is one `error:` line, exit code
 2, nothing loaded or written), then the model loads and `Generator.generate_long` speaks the text chunk by
@@ -52,7 +53,9 @@ def run(cfg: DictConfig) -> int:
         print(f"seed: {seed} (drawn for seed=null; pass seed={seed} to repeat this run)")
     path = output_path(s.output_dir, seed, s.overwrite, s.chunk_files)
 
-    gen = Generator.from_pretrained(s.model_path, s.tokenizer_path, device=s.device, compile=s.compile)
+    gen = Generator.from_pretrained(
+        s.model_path, s.tokenizer_path, device=s.device, adapter_path=s.adapter_path, compile=s.compile
+    )
     n = gen.model.num_parameters(text_head=False)
     print(f"model: {gen.label}")
     size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"

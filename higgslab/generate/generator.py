@@ -74,6 +74,12 @@ class Generator:
         on the CPU only, where it was measured to pay (bench/RESULTS.md); False leaves the model
         as it is. `long_form`: the model's long-form defaults (`generate_long`), from its
         generation_config.json in `from_paths`."""
+        if any(type(m).__module__.startswith("peft.") for m in model.modules()):
+            # the decode step reads Linear weights directly (model/packing.py): an unmerged adapter is unseen
+            raise HiggsLabError(
+                "the model has unmerged LoRA (PEFT) layers: merge them first (model.merge_and_unload()), "
+                "or load it with adapter_path="
+            )
         self.model = model.eval()
         self.audio_tokenizer = audio_tokenizer
         self.text_tokenizer = text_tokenizer
@@ -103,11 +109,13 @@ class Generator:
         path: str | Path | None = None,
         tokenizer_path: str | Path | None = None,
         device: str = "auto",
+        adapter_path: str | Path | None = None,
         **kw,
     ) -> Generator:
         """The model a user means, as the CLI resolves it: no `path` = the embedded default (higgslab-mini,
         or `HIGGSLAB_EMBEDDED=tiny`), `"tiny"` = tiny random checkpoints (noise out, the real plumbing), a
-        directory = that checkpoint (with `tokenizer_path` for audio). `label` says which one is in use."""
+        directory = that checkpoint (with `tokenizer_path` for audio); `adapter_path` = a LoRA adapter
+        for it (merged at load). `label` says which one is in use."""
         from higgslab.embedded import TINY_LABEL, resolve_paths, tiny_random_paths
 
         if str(path) == "tiny":
@@ -116,17 +124,23 @@ class Generator:
             model_dir, tokenizer_dir, label = resolve_paths(
                 None if path is None else str(path), None if tokenizer_path is None else str(tokenizer_path)
             )
-        gen = cls.from_paths(model_dir, tokenizer_dir, device=device, **kw)
-        gen.label = label
+        gen = cls.from_paths(model_dir, tokenizer_dir, device=device, adapter_path=adapter_path, **kw)
+        gen.label = label if adapter_path is None else f"{label} + LoRA adapter {adapter_path}"
         return gen
 
     @classmethod
     def from_paths(
-        cls, model_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "auto", **kw
+        cls,
+        model_path: str | Path,
+        tokenizer_path: str | Path | None = None,
+        device: str = "auto",
+        adapter_path: str | Path | None = None,
+        **kw,
     ) -> Generator:
-        """Load LM, text tokenizer (from the LM's directory) and audio tokenizer onto one device; the
-        checkpoint's `generation_config.json` `guidance_scale`, if any, becomes the default `cfg_scale`, and
-        its "higgslab_long_form" the `long_form` defaults."""
+        """Load LM (with the LoRA adapter at `adapter_path` merged into it), text tokenizer (from the LM's
+        directory) and audio tokenizer onto one device; the checkpoint's `generation_config.json`
+        `guidance_scale`, if any, becomes the default `cfg_scale`, and its "higgslab_long_form" the
+        `long_form` defaults."""
         import json
 
         from transformers import AutoTokenizer
@@ -135,7 +149,7 @@ class Generator:
         from higgslab.io.load import load_model
 
         dev = pick_device(device)
-        model = load_model(model_path, device=dev, dtype=default_dtype(dev))
+        model = load_model(model_path, device=dev, dtype=default_dtype(dev), adapter_path=adapter_path)
         try:
             with _quiet_transformers():  # it would warn that config.json is not a tokenizer's model type
                 text_tok = AutoTokenizer.from_pretrained(str(model_path))

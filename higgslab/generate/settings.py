@@ -80,6 +80,7 @@ class GenerateSettings:
     # model, device, output
     model_path: str | None
     tokenizer_path: str | None
+    adapter_path: str | None
     device: str
     compile: Any  # auto | true | false | a torch.compile mode
     output_dir: str
@@ -94,6 +95,10 @@ def settings_from(cfg: DictConfig) -> GenerateSettings:
     s = dataclasses.replace(s, text=_read_text(s), compile=False if s.compile is None else s.compile)
     _check_text_and_chunks(s)
     _check_references(s)
+    if s.adapter_path is not None:
+        from higgslab.io.adapter import check_adapter_dir
+
+        check_adapter_dir(s.adapter_path)
     check_output_dir(s.output_dir)
     return s
 
@@ -107,9 +112,10 @@ def _takes(annotation) -> str:
     return names.get(base, "a value") + (" or null" if type(None) in args else "")
 
 
-def typed_settings(cfg: DictConfig, cls: type, cli: str):
-    """`cfg` merged onto the dataclass `cls` (no defaults: the yaml holds them) -> an instance of `cls`, or
-    one `HiggsLabError` line naming the key: unknown, unset, or of the wrong type. `cli` names the command."""
+def typed_settings(cls: type, cfg: DictConfig, command: str):
+    """`cfg` (a composed Hydra config) as an instance of the settings dataclass `cls`, or one
+    `HiggsLabError` line: an unknown key, a missing one, a value of the wrong type. `command` names the
+    CLI in the unknown-key line."""
     hints = typing.get_type_hints(cls)
     raw = OmegaConf.to_container(cfg, resolve=False)
     for key, value in raw.items():  # OmegaConf would read overwrite=2 or overwrite=yes as true
@@ -118,7 +124,7 @@ def typed_settings(cfg: DictConfig, cls: type, cli: str):
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), cfg))
     except ConfigKeyError as e:
-        raise HiggsLabError(f"{e.key}: not a setting of {cli} (the keys: --cfg job)") from None
+        raise HiggsLabError(f"{e.key}: not a setting of {command} (the keys: --cfg job)") from None
     except MissingMandatoryValue as e:
         key = str(e.full_key)
         what = 'text="what to say"' if key == "text" else f"{key}=..."
@@ -131,7 +137,7 @@ def typed_settings(cfg: DictConfig, cls: type, cli: str):
 
 
 def _typed(cfg: DictConfig) -> GenerateSettings:
-    s = typed_settings(cfg, GenerateSettings, "generate")
+    s = typed_settings(GenerateSettings, cfg, "generate")
     if not (s.compile is None or isinstance(s.compile, bool) or s.compile in ("auto", *COMPILE_MODES)):
         modes = ", ".join(COMPILE_MODES)
         raise HiggsLabError(f"compile={s.compile}: takes auto, true, false or a torch.compile mode ({modes})")

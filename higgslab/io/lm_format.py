@@ -222,8 +222,14 @@ def convert(
         CONFIG_WRITERS[to](config)  # raises for layouts the transformers format cannot hold, before writing
     with atomic_dir(dst) as tmp:
         write_checkpoint(tmp, config, tensors, to, max_shard_bytes)
-        for f in src.iterdir():
-            is_weights = f.name in WEIGHT_FILES or f.name.endswith(".safetensors")
-            if f.is_file() and not is_weights:
-                shutil.copy2(f, tmp / f.name)
+        copy_other_files(src, tmp)
     return dst
+
+
+def copy_other_files(src: Path, dst: Path) -> None:
+    """Copy the files of checkpoint `src` that are not its weights or config (text tokenizer,
+    generation_config.json) into `dst`."""
+    for f in Path(src).iterdir():
+        is_weights = f.name in WEIGHT_FILES or f.name.endswith(".safetensors")
+        if f.is_file() and not is_weights:
+            shutil.copy2(f, Path(dst) / f.name)

@@ -1,6 +1,7 @@
 """The loading entry points: a checkpoint directory in either on-disk layout -> a model ready to run.
 
     model = load_model("model_cache")          # HiggsAudioModel (LM), original or transformers layout
+    model = load_model("model_cache", adapter_path="run/adapter")   # + a LoRA adapter, merged
     tok = load_tokenizer("tokenizer_cache")    # AudioTokenizer, original (model.pth) or transformers layout
 
 Both build the module on the meta device from the checkpoint's config and shapes, check every tensor
@@ -18,11 +19,17 @@ from higgslab.device import pick_device
 from higgslab.io import codec_format, lm_format
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    adapter_path: str | Path | None = None,
+):
     """Load an LM checkpoint directory in either layout -> `HiggsAudioModel` in eval mode.
 
     `dtype` defaults to the checkpoint's (bf16 for the real weights). The text head is built when the
-    checkpoint has one.
+    checkpoint has one. `adapter_path`: a PEFT LoRA adapter directory, merged into the weights
+    (`higgslab.io.adapter.load_adapter`): plain Linear layers, decode at the base model's speed.
     """
     from higgslab.model.lm import HiggsAudioModel
 
@@ -34,6 +41,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     dtype = dtype or tensors["embed_tokens.weight"].dtype
     model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=True)
     model.materialize_buffers()
+    if adapter_path is not None:
+        from higgslab.io.adapter import load_adapter
+
+        load_adapter(model, adapter_path)
     return model.to(device).eval()
 
 

@@ -77,7 +77,7 @@ def settings_from(cfg: DictConfig) -> PrepareSettings:
     from higgslab.device import pick_device
     from higgslab.generate.settings import check_output_dir, typed_settings
 
-    s = typed_settings(cfg, PrepareSettings, "prepare")
+    s = typed_settings(PrepareSettings, cfg, "prepare")
     if s.max_clip_s is not None and not s.max_clip_s > 0:
         raise HiggsLabError(f"max_clip_s must be > 0 (or null for no limit), got {s.max_clip_s}")
     if s.too_long not in TOO_LONG:

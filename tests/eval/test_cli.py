@@ -89,6 +89,13 @@ def test_mode_quality_without_the_extra_is_one_error_before_loading(monkeypatch)
         cli.check_config(config("mode=quality", "model_path=/nonexistent"))
 
 
+def test_an_adapter_path_without_an_adapter_is_one_error_before_loading(tmp_path):
+    with pytest.raises(HiggsLabError, match=r"^adapter_path .*nowhere: no such folder$"):
+        cli.check_config(config(f"adapter_path={tmp_path / 'nowhere'}", "model_path=/nonexistent"))
+    with pytest.raises(HiggsLabError, match=r"holds no adapter_config.json, so it is not a LoRA adapter$"):
+        cli.check_config(config(f"adapter_path={tmp_path}", "model_path=/nonexistent"))
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -101,6 +101,8 @@ BAD = [
         ["voice=alice", "voices_dir=voices", "ref_max_s=1"],
         "voice 'alice': voices/alice.wav is 2.0 s, longer than",
     ),
+    (["adapter_path=nowhere"], "adapter_path nowhere: no such folder"),
+    (["adapter_path=voices"], "adapter_path voices: holds no adapter_config.json, so it is not"),
     (["output_dir=afile"], "output_dir afile is a file, not a directory"),
     (["output_dir=afile/sub/dir"], "output_dir afile/sub/dir: afile is a file, not a directory"),
 ]

@@ -60,3 +60,11 @@ def compose(name: str, overrides: list[str]):
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         return hydra_compose(name, overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def trained(embedded_cache, tmp_path_factory):
+    """A LoRA on the tiny random LM trained a few steps and saved: (adapter dir, inputs, its logits)."""
+    from tests.train.lora_run import trained_adapter
+
+    return trained_adapter(embedded_cache[1], tmp_path_factory.mktemp("run") / "adapter")
