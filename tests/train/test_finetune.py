@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import pytest
@@ -38,7 +39,9 @@ def losses(history: list[dict]) -> list[float]:
 
 def test_data_order_is_disjoint_slices_of_one_global_batch():
     picked = global_batch(0, 10, 8, seed=0)  # within one epoch: no repeats
-    assert len(set(picked)) == 8 and picked == global_batch(0, 10, 8, seed=0) != global_batch(0, 10, 8, seed=1)
+    assert len(set(picked)) == 8 and picked == global_batch(0, 10, 8, seed=0) != global_batch(
+        0, 10, 8, seed=1
+    )
     epoch = [i for step in range(5) for i in global_batch(step, 10, 2, seed=0)]
     assert sorted(epoch) == list(range(10))  # every example once an epoch
     ranks = [micro_batches(list(range(8)), 2, Ranks(rank=r, world=2)) for r in range(2)]
@@ -125,11 +128,45 @@ def logged_losses(out_dir) -> list[float]:
     return losses(torch.load(out_dir / "last.pt", weights_only=False)["history"])
 
 
-@pytest.mark.parametrize("kind", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
-def test_two_ranks_follow_one_rank_with_twice_the_batch(kind, prepared, embedded_cache, tmp_path):
+@pytest.mark.parametrize(
+    "kind,steps",
+    [
+        ("ddp", 3),
+        pytest.param("ddp", 20, marks=pytest.mark.slow),
+        pytest.param("fsdp", 20, marks=pytest.mark.slow),
+    ],
+)
+def test_two_ranks_follow_one_rank_with_twice_the_batch(kind, steps, prepared, embedded_cache, tmp_path):
     _, model_dir, _ = embedded_cache
-    s = settings(prepared, model_dir, tmp_path / "one", steps=20, batch_size=2, checkpoint_every=20)
+    s = settings(prepared, model_dir, tmp_path / "one", steps=steps, batch_size=2, checkpoint_every=steps)
     reference = losses(finetune(s))
     two = replace(s, output_dir=str(tmp_path / "two"), batch_size=1, distributed=kind)
+    finish(torchrun(overrides(two)))
+    assert logged_losses(tmp_path / "two") == pytest.approx(reference, rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_two_ranks_resume_after_a_kill(kind, prepared, embedded_cache, tmp_path):
+    """torchrun killed (SIGKILL, the whole process group) once a checkpoint of step >= 2 exists; the rerun
+    resumes from it and logs the uninterrupted run's losses."""
+    _, model_dir, _ = embedded_cache
+    s = settings(prepared, model_dir, tmp_path / "one", steps=8, checkpoint_every=1)
+    reference = losses(finetune(replace(s, checkpoint_every=8)))
+    two = replace(s, output_dir=str(tmp_path / "two"), batch_size=1, distributed=kind)
+    proc = torchrun(overrides(two))
+    try:
+        for _ in range(2400):  # at most 240 s
+            if proc.poll() is not None:
+                break
+            log = tmp_path / "two" / "log.csv"  # rewritten after each checkpoint
+            if log.is_file() and len(log.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    killed_at = torch.load(tmp_path / "two" / "last.pt", weights_only=False)["step"]
+    assert killed_at < 8, "the run finished before it could be killed"
     finish(torchrun(overrides(two)))
     assert logged_losses(tmp_path / "two") == pytest.approx(reference, rel=1e-5)
