@@ -406,7 +406,8 @@ def finetune(s: FinetuneSettings, stop_after: int | None = None) -> list[dict]:
             save_state(out / "last.pt", module, optimizer, step + 1, history, ranks)
             if ranks.main:
                 write_log(history, out / LOG)
-        if ranks.main and last:  # a plot takes seconds: once, at the end (log.csv has every checkpoint's rows)
+        # a plot takes seconds: once, at the end (log.csv has every checkpoint's rows)
+        if ranks.main and last:
             plot_history(history, out / CURVE, f"finetune {s.method}")
         if stop_after is not None and step + 1 == stop_after:
             return history

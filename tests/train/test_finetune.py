@@ -170,3 +170,17 @@ def test_two_ranks_resume_after_a_kill(kind, prepared, embedded_cache, tmp_path)
     assert killed_at < 8, "the run finished before it could be killed"
     finish(torchrun(overrides(two)))
     assert logged_losses(tmp_path / "two") == pytest.approx(reference, rel=1e-5)
+
+
+def test_the_cli_config_is_checked_before_anything_loads(prepared, tmp_path):
+    from higgslab.train.finetune import settings_from
+    from tests.train.conftest import compose
+
+    s = settings_from(compose("finetune", [f"data={prepared}", f"output_dir={tmp_path}", "method=audio"]))
+    assert (s.method, s.method_settings) == ("audio", {})
+    s = settings_from(compose("finetune", [f"data={prepared}", f"output_dir={tmp_path}", "lora.rank=4"]))
+    assert (s.method, s.method_settings["rank"]) == ("lora", 4)
+    with pytest.raises(HiggsLabError, match="output_dir=... is required"):
+        settings_from(compose("finetune", [f"data={prepared}"]))
+    with pytest.raises(HiggsLabError, match="grad_accum must be >= 1"):
+        settings_from(compose("finetune", [f"data={prepared}", f"output_dir={tmp_path}", "grad_accum=0"]))
