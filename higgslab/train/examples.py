@@ -41,9 +41,7 @@ class TrainExample:
     input_ids: torch.Tensor  # [T] prompt, <|AUDIO_OUT|> × S, <|audio_eos|>, <|eot_id|>
     audio_codes: torch.Tensor  # [n_q, F_all] every audio segment's delayed input columns, in prompt order
     labels: torch.Tensor  # [T, n_q] audio target of the logits at each position, IGNORE where none
-    text_labels: (
-        torch.Tensor
-    )  # [T] text target (next token) of the logits at each position, IGNORE where none
+    text_labels: torch.Tensor  # [T] text target (next token) of the logits at each position, or IGNORE
 
     @property
     def targets(self) -> int:
@@ -54,9 +52,8 @@ class TrainExample:
 def label_grid(codes: torch.Tensor, ids: StreamIds) -> torch.Tensor:
     """The §10 audio labels of one segment: codes `[n_q, F]` → `[n_q, F + n_q + 1]` (aligned with the input
     columns of `delay.encode_segment`): `[IGNORE | codes | eos]` delayed with IGNORE as bos and pad."""
-    framed = torch.cat(
-        [codes.new_full((codes.shape[0], 1), IGNORE), codes, codes.new_full((codes.shape[0], 1), ids.eos)], 1
-    )
+    column = codes.new_ones((codes.shape[0], 1))
+    framed = torch.cat([column * IGNORE, codes, column * ids.eos], 1)
     return delay.apply(framed, StreamIds(ids.codebook_size, bos=IGNORE, eos=IGNORE))
 
 
@@ -219,7 +216,5 @@ def loss_sums(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "audio": audio,
         "audio_targets": (labels != IGNORE).sum(),
         "text": text,
-        "text_targets": (text_labels != IGNORE).sum()
-        if head is not None
-        else audio.new_zeros((), dtype=torch.long),
+        "text_targets": (text_labels != IGNORE).sum() * (head is not None),
     }

@@ -337,9 +337,8 @@ def finetune(s: FinetuneSettings, stop_after: int | None = None) -> list[dict]:
     if s.threads:
         torch.set_num_threads(s.threads)
 
-    model = load_model(
-        model_dir, dtype=torch.float32
-    )  # float32 master weights; bf16 autocast on accelerators
+    # float32 master weights; bf16 autocast on accelerators
+    model = load_model(model_dir, dtype=torch.float32)
     data.check(model.config)
     text_tok = AutoTokenizer.from_pretrained(str(model_dir))
     examples = [data.example(e, text_tok, model.config) for e in data.entries]

@@ -2,6 +2,7 @@
 change no numbers, resuming to the uninterrupted losses, and 2 ranks × batch b = 1 rank × batch 2b under
 torchrun with gloo on 127.0.0.1 (DDP and FSDP2)."""
 
+import contextlib
 import csv
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,13 +109,33 @@ def torchrun(overrides: list[str], nproc: int = 2) -> subprocess.Popen:
     )
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers, by process id (torchrun starts each worker in a session of its own,
+    so killing its process group would leave them running)."""
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == pid:
+                found.append(int(stat.parent.name))
+        return found + [d for c in found for d in children(c)]
+
+    for pid in [proc.pid, *children(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.communicate()
+
+
 def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s:\n{out.decode()[-3000:]}")
+        kill_tree(proc)
+        pytest.fail(f"torchrun did not finish in {timeout} s")
     assert proc.returncode == 0, out.decode()[-3000:]
     return out.decode()
 
@@ -164,8 +186,7 @@ def test_two_ranks_resume_after_a_kill(kind, prepared, embedded_cache, tmp_path)
                 break
             time.sleep(0.1)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        kill_tree(proc)
     killed_at = torch.load(tmp_path / "two" / "last.pt", weights_only=False)["step"]
     assert killed_at < 8, "the run finished before it could be killed"
     finish(torchrun(overrides(two)))
