@@ -22,6 +22,7 @@ through `methods.save_trained` into `output_dir/model` (for `lora` a PEFT adapte
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import time
@@ -169,10 +170,10 @@ class LossModel(nn.Module):
 
 def prepare_method(model: nn.Module, method: str, method_settings: dict) -> nn.Module:
     """Apply the method through `higgslab.train.methods.prepare_for` (helper C)."""
-    try:
-        from higgslab.train import methods
-    except ImportError:
+    if importlib.util.find_spec("higgslab.train.methods") is None:
         return _prepare_fallback(model, method)
+    from higgslab.train import methods
+
     lora = None
     if method == "lora":
         lora = methods.LoraSettings(
@@ -183,10 +184,10 @@ def prepare_method(model: nn.Module, method: str, method_settings: dict) -> nn.M
 
 def save_model(model: nn.Module, method: str, output_dir: Path, base_path: Path) -> Path:
     """Write the trained model through `methods.save_trained` (helper C)."""
-    try:
-        from higgslab.train import methods
-    except ImportError:
+    if importlib.util.find_spec("higgslab.train.methods") is None:
         return _save_fallback(model, method, output_dir, base_path)
+    from higgslab.train import methods
+
     return methods.save_trained(model, method, output_dir, base_path=base_path)
 
 
@@ -320,7 +321,13 @@ def write_log(history: list[dict], path: Path) -> None:
 # ---- the run ---------------------------------------------------------------------------------------------
 def finetune(s: FinetuneSettings, stop_after: int | None = None) -> list[dict]:
     """Run as configured; returns the history (one dict per step, identical on every rank).
-    `stop_after`: return after that step as if killed (tests of resuming)."""
+    `stop_after`: return after that step as if killed (tests of resuming). Seeds torch's global generator
+    from `seed` (adapter init, dropout per step) and restores its state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        return _finetune(s, stop_after)
+
+
+def _finetune(s: FinetuneSettings, stop_after: int | None) -> list[dict]:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
@@ -342,6 +349,7 @@ def finetune(s: FinetuneSettings, stop_after: int | None = None) -> list[dict]:
     data.check(model.config)
     text_tok = AutoTokenizer.from_pretrained(str(model_dir))
     examples = [data.example(e, text_tok, model.config) for e in data.entries]
+    torch.manual_seed(s.seed)  # a new adapter's init: the same on every rank and in a resumed run
     model = prepare_method(model, s.method, dict(s.method_settings))
     if s.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -378,6 +386,9 @@ def finetune(s: FinetuneSettings, stop_after: int | None = None) -> list[dict]:
     module.train()
     for step in bar:
         t0 = time.perf_counter()
+        torch.manual_seed(
+            (s.seed * 1_000_003 + step) * ranks.world + ranks.rank
+        )  # dropout: a function of the step
         picked = [examples[train_ids[i]] for i in global_batch(step, len(train_ids), G, s.seed)]
         n_audio = sum(e.targets for e in picked)
         n_text = sum(int((e.text_labels != IGNORE).sum()) for e in picked)
