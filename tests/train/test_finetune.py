@@ -158,6 +158,45 @@ def logged_losses(out_dir) -> list[float]:
     return losses(torch.load(out_dir / "last.pt", weights_only=False)["history"])
 
 
+def run_ranks(s: FinetuneSettings, world: int = 2, timeout: float = 120) -> None:
+    """`finetune(s)` on `world` ranks forked from this process (everything is imported already: seconds,
+    where torchrun's fresh interpreters take most of a minute), gloo on 127.0.0.1."""
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(
+        _rank, args=(world, free_port(), s), nprocs=world, join=False, start_method="fork"
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{world} ranks did not finish in {timeout} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+
+
+def _rank(rank: int, world: int, port: int, s: FinetuneSettings) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    import torch.distributed as dist
+
+    finetune(s)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_two_forked_ranks_follow_one_rank_with_twice_the_batch(kind, prepared, embedded_cache, tmp_path):
+    """The fast variant of the torchrun test below: 3 steps, ranks forked from the test process."""
+    _, model_dir, _ = embedded_cache
+    s = settings(prepared, model_dir, tmp_path / "one", steps=3, batch_size=2, checkpoint_every=3)
+    reference = losses(finetune(s))
+    run_ranks(replace(s, output_dir=str(tmp_path / "two"), batch_size=1, distributed=kind))
+    assert logged_losses(tmp_path / "two") == pytest.approx(reference, rel=1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind,steps",
     [
