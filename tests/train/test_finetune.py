@@ -188,11 +188,13 @@ def _rank(rank: int, world: int, port: int, s: FinetuneSettings) -> None:
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp"])
 def test_two_forked_ranks_follow_one_rank_with_twice_the_batch(kind, prepared, embedded_cache, tmp_path):
-    """The fast variant of the torchrun test below: 3 steps, ranks forked from the test process."""
+    """The fast variant of the torchrun test below: 3 steps, ranks forked from the test process; FSDP2 with
+    gradient checkpointing too (recomputing a sharded layer must gather its weights again)."""
     _, model_dir, _ = embedded_cache
     s = settings(prepared, model_dir, tmp_path / "one", steps=3, batch_size=2, checkpoint_every=3)
     reference = losses(finetune(s))
-    run_ranks(replace(s, output_dir=str(tmp_path / "two"), batch_size=1, distributed=kind))
+    two = replace(s, output_dir=str(tmp_path / "two"), batch_size=1, distributed=kind)
+    run_ranks(replace(two, gradient_checkpointing=kind == "fsdp"))
     assert logged_losses(tmp_path / "two") == pytest.approx(reference, rel=1e-5)
 
 
