@@ -248,3 +248,14 @@ def test_the_cli_config_is_checked_before_anything_loads(prepared, tmp_path):
         settings_from(compose("finetune", [f"data={prepared}"]))
     with pytest.raises(HiggsLabError, match="grad_accum must be >= 1"):
         settings_from(compose("finetune", [f"data={prepared}", f"output_dir={tmp_path}", "grad_accum=0"]))
+
+
+def test_the_cli_says_bad_data_in_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "higgslab.finetune", f"data={tmp_path}", f"output_dir={out}", "method=full"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path}: not a prepared folder (prepared.json missing; run higgslab.prepare)"
+    ]
+    assert not out.exists()
