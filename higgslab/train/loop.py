@@ -50,16 +50,19 @@ def save_checkpoint(
     path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, step: int, history: list
 ) -> None:
     """Written to a temporary file and renamed, so an interrupted save leaves the previous checkpoint."""
+    state = {
+        "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "history": history,
+    }
+    write_state(path, state)
+
+
+def write_state(path: Path, state: dict) -> None:
+    """`torch.save(state)` into a temporary file renamed onto `path`: never a half-written checkpoint."""
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "module": module.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "history": history,
-        },
-        tmp,
-    )
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 
