@@ -22,7 +22,6 @@ through `methods.save_trained` into `output_dir/model` (for `lora` a PEFT adapte
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import os
 import time
@@ -169,9 +168,7 @@ class LossModel(nn.Module):
 
 
 def prepare_method(model: nn.Module, method: str, method_settings: dict) -> nn.Module:
-    """Apply the method through `higgslab.train.methods.prepare_for` (helper C)."""
-    if importlib.util.find_spec("higgslab.train.methods") is None:
-        return _prepare_fallback(model, method)
+    """Apply the method (`higgslab.train.methods.prepare_for`); `method_settings`: the LoRA settings."""
     from higgslab.train import methods
 
     lora = None
@@ -183,34 +180,10 @@ def prepare_method(model: nn.Module, method: str, method_settings: dict) -> nn.M
 
 
 def save_model(model: nn.Module, method: str, output_dir: Path, base_path: Path) -> Path:
-    """Write the trained model through `methods.save_trained` (helper C)."""
-    if importlib.util.find_spec("higgslab.train.methods") is None:
-        return _save_fallback(model, method, output_dir, base_path)
+    """Write the trained model (`higgslab.train.methods.save_trained`): an adapter, or a checkpoint."""
     from higgslab.train import methods
 
     return methods.save_trained(model, method, output_dir, base_path=base_path)
-
-
-# TODO(merge issue 20): remove both fallbacks once helper C's higgslab.train.methods is merged.
-def _prepare_fallback(model: nn.Module, method: str) -> nn.Module:
-    if method != "full":
-        raise HiggsLabError(f"method={method} needs higgslab.train.methods, which this build lacks")
-    return model.requires_grad_(True)
-
-
-def _save_fallback(model: nn.Module, method: str, output_dir: Path, base_path: Path) -> Path:
-    import shutil
-
-    from higgslab.io.atomic import atomic_dir
-    from higgslab.io.lm_format import write_checkpoint
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_dir(output_dir) as tmp:
-        write_checkpoint(tmp, model.config, tensors, fmt="original")
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if (base_path / name).is_file():
-                shutil.copy2(base_path / name, tmp / name)
-    return output_dir
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:

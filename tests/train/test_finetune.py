@@ -78,8 +78,6 @@ LORA = {"rank": 4, "alpha": 8, "dropout": 0.1, "targets": ["attention", "audio_f
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_resume_gives_the_uninterrupted_losses(method, prepared, embedded_cache, tmp_path):
     """Also for a LoRA with dropout: its init and its dropout masks come from the seed and the step."""
-    if method == "lora":
-        pytest.importorskip("higgslab.train.methods", reason="helper C's methods (issue 20) not merged yet")
     _, model_dir, _ = embedded_cache
     s = settings(prepared, model_dir, tmp_path / "a", steps=4, checkpoint_every=1, method=method,
                  method_settings=LORA if method == "lora" else {}, lr=1e-2)  # fmt: skip
