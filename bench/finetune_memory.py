@@ -7,9 +7,11 @@
    `lora` = contract C's default `LoraSettings` (rank 16 on q/k/v/o_proj of every layer, base frozen),
    `audio` = the DualFFN audio path (audio FFNs + norms, audio embedding and head; text weights frozen),
    `full` = everything.
-2. Measured on the CPU (`--measure-seq` tokens, 70 % audio, batch 1, random bf16 weights, no text head, which
-   an audio loss never reaches): one forward + backward at 1 and at 2 layers of the real width, each in a
-   fresh process. Two figures per run: the bytes autograd saves for backward (saved-tensor hooks, parameters
+2. Measured on the CPU (`--measure-seq` tokens, 70 % audio, batch 1, random float32 weights, no text head,
+   which an audio loss never reaches): one forward + backward at 1 and at 2 layers of the real width, each in
+   a fresh process. Float32, not bf16: a CPU without AVX-512 bf16 runs bf16 matrix products through a
+   reference kernel (under 1 GFLOP/s for some layouts, minutes per step); activations in bf16 take half
+   the bytes, which is how they enter the GPU formula. Two figures per run: the bytes autograd saves for backward (saved-tensor hooks, parameters
    excluded: exact, the activations), and the step's peak resident memory above the process's baseline
    (`ru_maxrss`). Scaled to all layers as `m(1) + (L - 1) * (m(2) - m(1))`: the layers are identical, so the
    second layer's increment is every further layer's. Activations per token and layer = the saved-bytes
@@ -19,7 +21,7 @@
      + grads      4 B per trained parameter (fp32)
      + AdamW      8 B per trained parameter (fp32 m and v)
      + activations  no checkpointing: L * seq * a      with checkpointing: L * seq * 2 * hidden + seq * a
-                    (a = the measured bytes per token and layer, bf16; checkpointing keeps each layer's
+                    (a = half the measured float32 bytes per token and layer; checkpointing keeps each layer's
                     bf16 input and recomputes one layer at a time) + seq * n_q * entries * 10 B for the
                     audio logits (bf16) and their fp32 log-softmax and gradient.
    A method "fits" a GPU when that total is at most 90 % of its memory (CUDA context, fragmentation).
@@ -160,9 +162,9 @@ class Checkpointed(nn.Module):
 
 
 def measure_step(config: HiggsConfig, method: str, seq: int, checkpointing: bool) -> dict[str, float]:
-    """Saved activation bytes and peak resident bytes (above the start) of one bf16 forward + backward."""
+    """Saved activation bytes and peak resident bytes (above the start) of one float32 forward + backward."""
     start = rss_now()
-    model = build(config, text_head=False).to(torch.bfloat16).to_empty(device="cpu")
+    model = build(config, text_head=False).to_empty(device="cpu")
     for p in model.parameters():  # random weights, every page touched (resident)
         nn.init.normal_(p, std=0.02)
     model.materialize_buffers()
@@ -182,7 +184,7 @@ def measure_step(config: HiggsConfig, method: str, seq: int, checkpointing: bool
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(input_ids, codes, logits="all")
         logits = out.audio_logits[out.audio_out_mask]  # [N_audio, n_q, entries]
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
     loss.backward()
     return {"saved": sum(saved.values()), "peak": peak_rss() - start}
 
@@ -242,7 +244,7 @@ def main() -> None:
     act = {m: args.act for m in METHODS}
     if not args.no_measure:
         S = args.measure_seq
-        print(f"\nmeasured on the CPU: one bf16 forward + backward, {S} tokens (70 % audio), batch 1")
+        print(f"\nmeasured on the CPU: one float32 forward + backward, {S} tokens (70 % audio), batch 1")
         print(
             f"  (1 and 2 layers in fresh processes; scaled to {L} layers as m(1) + {L - 1} * (m(2) - m(1)))"
         )
@@ -252,14 +254,14 @@ def main() -> None:
                 m1, m2 = (measure_in_child(args.config, method, n, S, ckpt) for n in (1, 2))
                 scaled = {k: m1[k] + (L - 1) * (m2[k] - m1[k]) for k in m1}
                 if not ckpt:
-                    act[method] = (m2["saved"] - m1["saved"]) / S
+                    act[method] = (m2["saved"] - m1["saved"]) / S / 2  # bf16 on the GPU: half the bytes
                 row.append(
                     f"{'checkpointing' if ckpt else 'plain':13s} peak {scaled['peak'] / GB:6.2f} GB "
                     f"(1 layer {m1['peak'] / GB:.2f}, 2 layers {m2['peak'] / GB:.2f}), "
                     f"saved activations {scaled['saved'] / GB:.3f} GB"
                 )
             print(f"  {method:5s} " + f"\n  {'':5s} ".join(row))
-            print(f"  {'':5s} activations per token and layer: {act[method] / 1024:.1f} KiB")
+            print(f"  {'':5s} activations per token and layer: {act[method] / 1024:.1f} KiB in bf16")
     if any(a is None for a in act.values()):
         sys.exit("error: --no-measure needs --act (bytes per token and layer)")
 
