@@ -1,8 +1,13 @@
 """The decode-speed bench runs end to end (its figures are checked in bench/RESULTS.md, not here)."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from higgslab.config import HiggsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,3 +30,74 @@ def test_generate_speed_bench_names_an_unknown_device_in_one_line():
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert "unknown device 'tpu'" in out.stderr
+
+
+def _bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def real():
+    """The memory bench, the real checkpoint's config and its per-method counts (meta device: no memory)."""
+    fm = _bench_module("finetune_memory")
+    config = HiggsConfig.from_file(ROOT / "tests/data/generation-original.config.json")
+    return fm, config, fm.parameter_counts(fm.build(config))
+
+
+def test_finetune_memory_counts_the_real_model_and_matches_peft(real):
+    fm, config, counts = real
+    assert counts["full"]["total"] == 5_771_283_456  # FORMATS.md: the real checkpoint's count
+    D, I, L = config.hidden_size, config.intermediate_size, config.num_layers
+    audio_table = config.num_codebooks * config.codebook_entries * D
+    assert counts["audio"]["trainable"] == L * (3 * D * I + 2 * D) + 2 * audio_table
+    assert counts["full"]["trained"] == counts["full"]["total"] - config.vocab_size * D  # no text head grads
+    kv = config.num_kv_heads * config.head_dim
+    assert counts["lora"]["trainable"] == L * 16 * (2 * (D + D) + 2 * (D + kv))
+
+    # the shape count is what peft itself adds, on the mini (real modules, real peft)
+    from peft import LoraConfig, inject_adapter_in_model
+
+    mini = HiggsConfig.from_file(ROOT / "higgslab/assets/mini/model/config.json")
+    model = fm.build(mini, "cpu")
+    counted = fm.lora_parameters(model)
+    lora = LoraConfig(r=fm.LORA_RANK, lora_alpha=fm.LORA_ALPHA, target_modules=list(fm.LORA_TARGETS))
+    added = sum(p.numel() for n, p in inject_adapter_in_model(lora, model).named_parameters() if "lora_" in n)
+    assert added == counted == fm.parameter_counts(fm.build(mini))["lora"]["trainable"]
+
+
+def test_finetune_memory_formula_and_measured_step(real):
+    fm, config, counts = real
+    b = fm.gpu_bytes(config, counts["lora"], seq=2048, act_per_token_layer=100_000, checkpointing=False)
+    trained = counts["lora"]["trained"]
+    assert b["weights"] == 2 * (counts["lora"]["total"] - trained) + 6 * trained
+    assert b["adamw"] == 2 * b["grads"] == 8 * trained
+    assert b["activations"] == 2048 * (28 * 100_000 + fm.logits_bytes_per_token(config))
+    ckpt = fm.gpu_bytes(config, counts["lora"], seq=2048, act_per_token_layer=100_000, checkpointing=True)
+    assert ckpt["activations"] < b["activations"] and ckpt["weights"] == b["weights"]
+    assert fm.fits(b["total"]) == "fits 24/48/80 GB"  # LoRA of the 5.8B model: ~12 GB of bf16 weights
+    full = fm.gpu_bytes(config, counts["full"], seq=2048, act_per_token_layer=100_000, checkpointing=True)
+    assert fm.fits(full["total"]) == "fits none of 24/48/80 GB"  # 18 B per trained parameter > 80 GB
+
+    # the measured step runs for every method; checkpointing saves fewer activations (mini, 2 layers)
+    mini = fm.reduced(HiggsConfig.from_file(ROOT / "higgslab/assets/mini/model/config.json"), 2)
+    for method in fm.METHODS:
+        plain = fm.measure_step(mini, method, seq=32, checkpointing=False)
+        assert 0 < fm.measure_step(mini, method, seq=32, checkpointing=True)["saved"] < plain["saved"]
+
+
+@pytest.mark.slow
+def test_dualffn_train_bench_runs_every_method():
+    cmd = [sys.executable, "bench/dualffn_train.py", "--hidden", "96", "--seq", "32", "--repeats", "1"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for method in ("full", "lora", "audio"):
+        assert f"\n{method}: trained parameters" in out.stdout
+    assert out.stdout.count("ratio") == 3 * 3  # one per repeat, wall and CPU summaries, per method
+    bad = subprocess.run(cmd + ["--methods", "qlora"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (
+        bad.returncode != 0
+        and bad.stderr.strip() == "error: unknown method(s) ['qlora']; choose from full, lora, audio"
+    )
