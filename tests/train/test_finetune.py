@@ -161,9 +161,11 @@ def run_ranks(s: FinetuneSettings, world: int = 2, timeout: float = 120) -> None
     where torchrun's fresh interpreters take most of a minute), gloo on 127.0.0.1."""
     import torch.multiprocessing as mp
 
-    context = mp.start_processes(
-        _rank, args=(world, free_port(), s), nprocs=world, join=False, start_method="fork"
-    )
+    # tests/test_device.py names the privateuse1 backend "npu" for good (as torch_npu does); children forked
+    # after that see an accelerator without hooks, which torch.distributed asks for: spawn fresh ones then
+    renamed = torch._C._get_privateuse1_backend_name() != "privateuseone"
+    context = mp.start_processes(_rank, args=(world, free_port(), s), nprocs=world, join=False,
+                                 start_method="spawn" if renamed else "fork")  # fmt: skip
     deadline = time.monotonic() + timeout
     try:
         while not context.join(timeout=1):
