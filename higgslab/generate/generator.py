@@ -24,7 +24,6 @@ the NPU port's generate do. N steps without eos give N - n_q complete frames (FO
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -143,20 +142,13 @@ class Generator:
         `long_form` defaults."""
         import json
 
-        from transformers import AutoTokenizer
-
         from higgslab.device import default_dtype, pick_device
         from higgslab.io.load import load_model
+        from higgslab.io.text_tokenizer import load_text_tokenizer
 
         dev = pick_device(device)
         model = load_model(model_path, device=dev, dtype=default_dtype(dev), adapter_path=adapter_path)
-        try:
-            with _quiet_transformers():  # it would warn that config.json is not a tokenizer's model type
-                text_tok = AutoTokenizer.from_pretrained(str(model_path))
-        except (OSError, ValueError) as e:
-            raise HiggsLabError(
-                f"{model_path}: no usable text tokenizer files ({str(e).splitlines()[0]})"
-            ) from None
+        text_tok = load_text_tokenizer(model_path)
         audio_tok = None
         if tokenizer_path is not None:
             from higgslab.io.load import load_tokenizer
@@ -674,15 +666,3 @@ def _skipping_guards(step: Callable) -> Callable:
             return step(*args)
 
     return run
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    from transformers.utils import logging
-
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)

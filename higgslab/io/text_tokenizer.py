@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from higgslab.errors import HiggsLabError
+
 FIRST_SPECIAL_ID = 128000
 VOCAB_SIZE = 128256
 
@@ -89,3 +91,21 @@ def save_llama3_style(spec: dict, specials: dict[int, str], directory: Path, mod
     (directory / "tokenizer_config.json").write_text(json.dumps({**config, **special_map}, indent=2))
     (directory / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
     return directory
+
+
+def load_text_tokenizer(model_dir: str | Path):
+    """The checkpoint's text tokenizer (`transformers.AutoTokenizer` on the LM's directory), without
+    transformers' warning that config.json's model type is not a tokenizer's; unusable files: one line."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise HiggsLabError(
+            f"{model_dir}: no usable text tokenizer files ({str(e).splitlines()[0]})"
+        ) from None
+    finally:
+        logging.set_verbosity(level)

@@ -302,10 +302,10 @@ def finetune(s: FinetuneSettings, stop_after: int | None = None) -> list[dict]:
 
 def _finetune(s: FinetuneSettings, stop_after: int | None) -> list[dict]:
     from tqdm import tqdm
-    from transformers import AutoTokenizer
 
     from higgslab.embedded import resolve_paths
     from higgslab.io.load import load_model
+    from higgslab.io.text_tokenizer import load_text_tokenizer
     from higgslab.train.loop import CURVE, learning_rate, plot_history
 
     s.check()
@@ -320,7 +320,7 @@ def _finetune(s: FinetuneSettings, stop_after: int | None) -> list[dict]:
     # float32 master weights; bf16 autocast on accelerators
     model = load_model(model_dir, dtype=torch.float32)
     data.check(model.config)
-    text_tok = AutoTokenizer.from_pretrained(str(model_dir))
+    text_tok = load_text_tokenizer(model_dir)
     examples = [data.example(e, text_tok, model.config) for e in data.entries]
     torch.manual_seed(s.seed)  # a new adapter's init: the same on every rank and in a resumed run
     model = prepare_method(model, s.method, dict(s.method_settings))
