@@ -127,6 +127,30 @@ def build_corpus(out: str | Path, sentences: int = 3000, seed: int = 0, valid_ev
     return manifest
 
 
+def speak_folder(
+    texts: list[str], out: str | Path, voice: str, speed: int, pitch: int, prefix: str = ""
+) -> Path:
+    """Speak each text in one espeak-ng voice into `out` as `{prefix}NNNNN.wav` + `.txt` pairs: the folder
+    shape `python -m higgslab.prepare` reads. Clips already there with the same transcript are kept, so a
+    rerun speaks only what is missing; each WAV is written whole (`atomic_write`) before its transcript."""
+    import soundfile as sf
+    from tqdm import tqdm
+
+    from higgslab.io.atomic import atomic_write
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    espeak = find_espeak()
+    for i, text in enumerate(tqdm(texts, desc=f"espeak-ng {voice}", unit="clip")):
+        wav, txt = out / f"{prefix}{i:05d}.wav", out / f"{prefix}{i:05d}.txt"
+        if wav.is_file() and txt.is_file() and txt.read_text(encoding="utf-8") == text:
+            continue
+        audio = synthesize(text, voice, speed, pitch, espeak)
+        atomic_write(wav, lambda tmp, a=audio: sf.write(tmp, a, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
+        txt.write_text(text, encoding="utf-8")
+    return out
+
+
 def read_manifest(manifest: str | Path, split: str | None = None) -> list[Clip]:
     """Clips of `manifest` (all, or one split), with `path` made absolute."""
     manifest = Path(manifest)

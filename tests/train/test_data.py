@@ -61,3 +61,20 @@ def test_missing_espeak_is_one_line_saying_how_to_install_it_and_nothing_is_run(
     ):
         data.build_corpus(tmp_path / "corpus", sentences=4)
     assert not (tmp_path / "corpus" / "manifest.jsonl").exists()
+
+
+def test_speak_folder_writes_prepare_pairs_and_respeaks_only_a_changed_transcript(tmp_path):
+    import soundfile as sf
+
+    from tests.train.conftest import espeak_or_skip
+
+    espeak_or_skip()
+    out = data.speak_folder(["One two.", "Three four five."], tmp_path / "v", "en-us+Annie", 160, 60)
+    assert sorted(p.name for p in out.iterdir()) == ["00000.txt", "00000.wav", "00001.txt", "00001.wav"]
+    audio, rate = sf.read(out / "00001.wav", dtype="float32")
+    assert rate == SAMPLE_RATE and audio.ndim == 1 and np.abs(audio).max() > 0.01
+    kept = (out / "00000.wav").stat().st_mtime_ns
+    short = len(audio)
+    data.speak_folder(["One two.", "Three."], out, "en-us+Annie", 160, 60)
+    assert (out / "00000.wav").stat().st_mtime_ns == kept  # same transcript: not spoken again
+    assert len(sf.read(out / "00001.wav")[0]) < short and (out / "00001.txt").read_text() == "Three."
