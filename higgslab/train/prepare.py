@@ -9,11 +9,13 @@ mixes (`AudioTokenizer.encode`).
 
 The prepared folder (what `higgslab.train.examples.read_prepared` reads):
 
-    prepared.json     {"version": 1, "n_q", "codebook_size", "sample_rate", "frame_rate", "tokenizer": path,
+    prepared.json     {"version": 2, "n_q", "codebook_size", "sample_rate", "frame_rate", "tokenizer": path,
                        "examples": N, "frames": total, "skipped": [{"source", "reason"}],
                        "cropped": [{"source", "reason"}]}
     manifest.jsonl    one line per example, sorted by id: {"id", "text", "frames", "shard", "source", "sha256",
-                       "speaker", "scene", "reference": null | {"text", "id"}}; a reference is itself an example
+                       "speaker", "scene", "references": [{"text", "id"}, ...]}: its voice references in prompt
+                       order ([] for none), each itself an example. Version 1 (still read) had "reference":
+                       null | {"text", "id"}, one at most
     shards/NNNNN.safetensors   int16 codes [n_q, F] keyed by example id; the safetensors metadata holds each
                        example's source hash and the settings that made it
 
@@ -43,7 +45,7 @@ from omegaconf import DictConfig
 from higgslab.errors import HiggsLabError
 from higgslab.train.sources import Example, plan, skip
 
-VERSION = 1
+VERSION = 2  # of prepared.json and the manifest (2: a list of references per example)
 TOO_LONG = ("skip", "crop")
 SHARD_META = "higgslab.prepare"  # the safetensors metadata key of a shard's record
 
@@ -270,19 +272,23 @@ def write_manifest(out: Path, examples: list[Example], skipped: list[dict], toke
     kept = {ex.id: ex for ex in examples if (ex.id, ex.sha256) in done}
     lost = True
     while lost:  # an example whose reference was skipped goes too (and then whatever references it)
-        lost = [ex for ex in kept.values() if ex.reference is not None and ex.reference not in kept]
-        for ex in lost:
-            skipped.append(skip(ex.source, f"its reference {ex.reference!r} was skipped"))
-            del kept[ex.id]
+        lost = {ex.id: [r for r in ex.references if r not in kept] for ex in kept.values()}
+        lost = {i: missing for i, missing in lost.items() if missing}
+        for i, missing in lost.items():
+            skipped.append(skip(kept.pop(i).source, f"its reference {missing[0]!r} was skipped"))
     lines, cropped, frames = [], [], 0
     for ex in kept.values():
         shard, entry = done[ex.id, ex.sha256]
         frames += entry["frames"]
         if entry["cropped"]:
             cropped.append(skip(ex.source, entry["cropped"]))
-        reference = None if ex.reference is None else {"text": kept[ex.reference].text, "id": ex.reference}
-        fields = dataclasses.asdict(ex) | {"frames": entry["frames"], "shard": shard, "reference": reference}
-        order = ("id", "text", "frames", "shard", "source", "sha256", "speaker", "scene", "reference")
+        references = [{"text": kept[r].text, "id": r} for r in ex.references]
+        fields = dataclasses.asdict(ex) | {
+            "frames": entry["frames"],
+            "shard": shard,
+            "references": references,
+        }
+        order = ("id", "text", "frames", "shard", "source", "sha256", "speaker", "scene", "references")
         lines.append(json.dumps({k: fields[k] for k in order}, ensure_ascii=False) + "\n")
     info = {
         "version": VERSION,

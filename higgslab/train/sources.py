@@ -1,16 +1,22 @@
 """Fine-tuning data, the inputs: which clips with which transcripts (the plan `train.prepare` encodes).
 
 - a folder of `name.wav|flac|ogg` + `name.txt` (its transcript, UTF-8), optionally `name.json` with `speaker`,
-  `scene` and `reference` (the id of another clip in the folder: a voice-cloning example). Subfolders are
-  read too; an example's id is its path in the folder without the extension ("spk1/utt01").
+  `scene` and `reference`: the id of another clip in the folder, or a list of ids, its voice references in
+  prompt order (a voice-cloning example). Subfolders are read too; an example's id is its path in the folder
+  without the extension ("spk1/utt01").
 - a JSONL file in the chat shape of FORMATS.md §10, one sample a line: an optional system message (higgslab's
-  system text, with the scene in its scene block), then a user text + assistant audio pair (the target),
-  optionally preceded by another pair (the voice reference). `audio_url` is relative to the JSONL's folder or
-  absolute; the id is the audio's path in that folder without the extension (its file name when outside).
-  A sample's `speaker` is kept; `start_index` and `misc` are not used.
+  system text, with the scene in its scene block), then user text + assistant audio pairs: the last is the
+  target, any before it are its voice references, in order (the generation prompt's reference turns).
+  `audio_url` is relative to the JSONL's folder or absolute; the id is the audio's path in that folder
+  without the extension (its file name when outside). A sample's `speaker` is kept; `start_index` and `misc`
+  are not used: references are context, only the target is trained on. Inline `raw_audio`, `offset` /
+  `duration` segments and audio in user or system turns are skipped with their reason.
 
-`plan(data)` gives every example (sorted by id, each id once, its source hashed, its reference present) and
-the files or lines skipped, each with a one-line reason.
+A reference is itself an example (its clip is encoded once, whoever refers to it); an example's references
+are one level deep: a reference's own references are not part of the prompt.
+
+`plan(data)` gives every example (sorted by id, each id once, its source hashed, its references present)
+and the files or lines skipped, each with a one-line reason.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from higgslab.errors import HiggsLabError
@@ -29,14 +35,14 @@ FOLDER_META_KEYS = ("speaker", "scene", "reference")
 
 @dataclass
 class Example:
-    """One clip to encode and its manifest fields (`reference`: the id of its voice reference example)."""
+    """One clip to encode and its manifest fields (`references`: the ids of its voice reference examples)."""
 
     id: str
     text: str
     source: str
     speaker: str | None = None
     scene: str | None = None
-    reference: str | None = None
+    references: list[str] = field(default_factory=list)
     sha256: str = ""
 
 
@@ -90,7 +96,7 @@ def read_folder(folder: Path) -> tuple[list[Example], list[dict]]:
 
 
 def read_folder_meta(path: Path) -> dict:
-    """`name.json`'s speaker / scene / reference (all optional) or {} without one."""
+    """`name.json`'s speaker / scene / references (all optional) as `Example` fields, or {} without one."""
     if not path.is_file():
         return {}
     try:
@@ -102,9 +108,18 @@ def read_folder_meta(path: Path) -> dict:
     for key, value in meta.items():
         if key not in FOLDER_META_KEYS:
             raise HiggsLabError(f"{path.name}: unknown key {key!r} (takes {', '.join(FOLDER_META_KEYS)})")
+        if (
+            key == "reference"
+            and isinstance(value, list)
+            and value
+            and all(isinstance(v, str) for v in value)
+        ):
+            continue  # several references, in prompt order
         if value is not None and not isinstance(value, str):
-            raise HiggsLabError(f"{path.name}: {key} must be a string or null, got {value!r}")
-    return meta
+            takes = "an id, a list of ids" if key == "reference" else "a string"
+            raise HiggsLabError(f"{path.name}: {key} must be {takes} or null, got {value!r}")
+    reference = meta.pop("reference", None)
+    return meta | {"references": [reference] if isinstance(reference, str) else reference or []}
 
 
 def read_jsonl(path: Path) -> tuple[list[Example], list[dict]]:
@@ -129,7 +144,7 @@ def read_jsonl(path: Path) -> tuple[list[Example], list[dict]]:
 
 
 def sample_examples(sample, base: Path) -> list[Example]:
-    """One §10 sample -> its target example (+ its reference example first)."""
+    """One §10 sample -> its reference examples, in order, then its target example."""
     from higgslab.generate.prompt import check_user_text
 
     if not isinstance(sample, dict) or not isinstance(sample.get("messages"), list):
@@ -142,10 +157,10 @@ def sample_examples(sample, base: Path) -> list[Example]:
         scene = scene_of(message_text(messages[0]))
         messages = messages[1:]
     roles = [m.get("role") for m in messages]
-    if roles not in (["user", "assistant"], ["user", "assistant"] * 2):
+    if not roles or roles != ["user", "assistant"] * (len(roles) // 2):
         raise HiggsLabError(
             f"roles {roles}: expected user, assistant (after an optional system message), "
-            "with one more user, assistant pair before them for a voice reference"
+            "with a user, assistant pair before them per voice reference"
         )
     speaker = sample.get("speaker")
     if speaker is not None and not isinstance(speaker, str):
@@ -158,10 +173,9 @@ def sample_examples(sample, base: Path) -> list[Example]:
         check_user_text(text, "transcript")
         audio = message_audio(assistant, base)
         pairs.append(Example(clip_id(audio, base), text, str(audio.resolve())))
-    *reference, target = pairs
-    target.speaker, target.scene = speaker, scene
-    target.reference = reference[0].id if reference else None
-    return [*reference, target]
+    *references, target = pairs
+    target.speaker, target.scene, target.references = speaker, scene, [r.id for r in references]
+    return [*references, target]
 
 
 def message_parts(message: dict) -> list[dict]:
@@ -242,12 +256,13 @@ def plan(data: Path) -> tuple[list[Example], list[dict]]:
         elif (old.source, old.text) != (ex.source, ex.text):
             skipped.append(skip(ex.source, f"id {ex.id!r} is already {old.source} with another transcript"))
         else:  # the same clip twice (a reference that is also a sample): one example, fields merged
-            for field in ("speaker", "scene", "reference"):
-                if getattr(old, field) is None:
-                    setattr(old, field, getattr(ex, field))
+            for name in ("speaker", "scene", "references"):
+                if not getattr(old, name):
+                    setattr(old, name, getattr(ex, name))
     for ex in sorted(by_id.values(), key=lambda e: e.id):
-        if ex.reference is not None and ex.reference not in by_id:
-            skipped.append(skip(ex.source, f"its reference {ex.reference!r} is not an example here"))
+        missing = [r for r in ex.references if r not in by_id]
+        if missing:
+            skipped.append(skip(ex.source, f"its reference {missing[0]!r} is not an example here"))
             del by_id[ex.id]
     for ex in by_id.values():
         ex.sha256 = sha256_of(ex.source)
