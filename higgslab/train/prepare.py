@@ -28,7 +28,7 @@ end and in prepared.json. Clips longer than `max_clip_s` are skipped (`too_long=
 
 Under torchrun (RANK / WORLD_SIZE set) every rank plans the same examples, rank r encodes every WORLD_SIZE-th
 of those still to do into its own shards, and rank 0 writes the manifest once all are done; the processes meet
-through torch.distributed with gloo (`barrier`, `broadcast_object_list`, `gather_object`).
+through torch.distributed with gloo (`broadcast_object_list`, `gather_object`, `train.sync.barrier`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from omegaconf import DictConfig
 
 from higgslab.errors import HiggsLabError
 from higgslab.train.sources import Example, plan, skip
+from higgslab.train.sync import barrier
 
 VERSION = 2  # of prepared.json and the manifest (2: a list of references per example)
 TOO_LONG = ("skip", "crop")
@@ -257,8 +258,7 @@ def prepare(s: PrepareSettings) -> PrepareResult | None:
         bad = sorted((line for rank_bad, _ in reports for line in rank_bad), key=lambda d: d["source"])
         result = write_manifest(out, examples, skipped + bad, tokenizer, tokenizer_dir)
         result.encoded = sorted(i for _, rank_encoded in reports for i in rank_encoded)
-    if world > 1:
-        dist.barrier()  # every rank returns once the manifest is written
+    barrier(world)  # every rank returns once the manifest is written
     if joined:
         dist.destroy_process_group()
     return result
