@@ -1,6 +1,6 @@
 """Fine-tuning examples: one generation prompt + its target audio, with the labels FORMATS.md §10 frames.
 
-    prompt (build_prompt, a voice reference as generation builds it)  …<|audio_out_bos|>
+    prompt (build_prompt, voice references as generation places them)  …<|audio_out_bos|>
     target: <|AUDIO_OUT|> × S  <|audio_eos|><|eot_id|>           S = F + n_q + 1 delayed columns
 
 Inputs at the S placeholders are `delay.encode_segment(codes)`: stream-bos frame, F frames, stream-eos frame,
@@ -13,16 +13,18 @@ that position: `labels[t]` is the target of the logits at position t (column 0's
 
 Text labels (`text_labels`, shifted the same way): the assistant turn's own text, as the original labels
 it: `<|audio_out_bos|>`, `<|audio_eos|>` and the turn's closing `<|eot_id|>`; every placeholder and the
-whole prompt -100. A reference's audio is context: no labels.
+whole prompt -100. The references' audio (any number of reference turns) is context: no labels.
 
-The prepared folder (`higgslab.prepare`, FORMATS of the contract): `prepared.json`, `manifest.jsonl` and
-int16 code shards `shards/NNNNN.safetensors` keyed by example id; `read_prepared` reads it.
+The prepared folder (`higgslab.train.prepare` describes it): `prepared.json`, `manifest.jsonl` and int16
+code shards `shards/NNNNN.safetensors` keyed by example id; `read_prepared` reads it, version 2 (a list of
+references per example) and version 1 (one reference at most).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -64,10 +66,11 @@ def make_train_example(
     codes: torch.Tensor,
     *,
     scene: str | None = None,
-    reference=None,
+    references: Sequence = (),
 ) -> TrainExample:
-    """`text` spoken as `codes` `[n_q, F]` → `TrainExample`. `reference`: a voice reference
-    (`prompt.Reference` or (transcript, codes `[n_q, N]`)), placed in the prompt as generation places it."""
+    """`text` spoken as `codes` `[n_q, F]` → `TrainExample`. `references`: voice references in order
+    (`prompt.Reference` or (transcript, codes `[n_q, N]`) pairs), placed in the prompt as generation places
+    them (`build_prompt`, reference turns); they get no labels."""
     from higgslab.generate.prompt import AUDIO_EOS, build_prompt
 
     n_q, ids = config.num_codebooks, config.stream_ids
@@ -78,9 +81,7 @@ def make_train_example(
             f"target codes must lie in [0, {ids.codebook_size}): not this checkpoint's codebooks"
         )
     codes = codes.long()
-    prompt = build_prompt(
-        text_tokenizer, text, scene, [reference] if reference is not None else (), n_q=n_q, stream_ids=ids
-    )
+    prompt = build_prompt(text_tokenizer, text, scene, references, n_q=n_q, stream_ids=ids)
     columns = delay.encode_segment(codes, ids)  # [n_q, S]
     S, P = columns.shape[1], len(prompt.input_ids)
     audio_eos, eot = (text_tokenizer.convert_tokens_to_ids(t) for t in (AUDIO_EOS, "<|eot_id|>"))
@@ -133,7 +134,8 @@ class PreparedEntry:
     shard: str  # relative to the folder
     speaker: str | None = None
     scene: str | None = None
-    reference: dict | None = None  # {"text", "id"}: the voice reference, itself an example with that id
+    # [{"text", "id"}]: the voice references in prompt order, each itself an example of the folder
+    references: list[dict] = field(default_factory=list)
 
 
 class PreparedData:
@@ -148,8 +150,9 @@ class PreparedData:
                     f"{self.dir}: not a prepared folder ({path.name} missing; run higgslab.prepare)"
                 )
         self.info = json.loads(info_path.read_text())
-        if self.info.get("version") != 1:
-            raise HiggsLabError(f"{info_path}: version {self.info.get('version')!r}, this higgslab reads 1")
+        version = self.info.get("version")
+        if version not in (1, 2):
+            raise HiggsLabError(f"{info_path}: version {version!r}, this higgslab reads 1 and 2")
         fields = set(PreparedEntry.__dataclass_fields__)
         self.entries = []
         for n, line in enumerate(manifest.read_text().splitlines(), 1):
@@ -157,6 +160,9 @@ class PreparedData:
                 row = json.loads(line)
                 if not {"id", "text", "frames", "shard"} <= row.keys():
                     raise HiggsLabError(f"{manifest}:{n}: a manifest line needs id, text, frames and shard")
+                if version == 1:  # "reference": null | {"text", "id"}
+                    reference = row.pop("reference", None)
+                    row["references"] = [] if reference is None else [reference]
                 self.entries.append(PreparedEntry(**{k: v for k, v in row.items() if k in fields}))
         if not self.entries:
             raise HiggsLabError(f"{manifest}: no examples")
@@ -181,12 +187,10 @@ class PreparedData:
         return self._shards[entry.shard][example_id].long()
 
     def example(self, entry: PreparedEntry, text_tokenizer, config: HiggsConfig) -> TrainExample:
-        """The entry as a `TrainExample` (with its voice reference, if it has one)."""
-        reference = None
-        if entry.reference is not None:
-            reference = (entry.reference["text"], self.codes(entry.reference["id"]))
+        """The entry as a `TrainExample` (with its voice references, if it has any)."""
+        references = [(r["text"], self.codes(r["id"])) for r in entry.references]
         return make_train_example(
-            text_tokenizer, config, entry.text, self.codes(entry.id), scene=entry.scene, reference=reference
+            text_tokenizer, config, entry.text, self.codes(entry.id), scene=entry.scene, references=references
         )
 
 

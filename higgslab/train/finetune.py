@@ -34,6 +34,7 @@ from torch import nn
 
 from higgslab.errors import HiggsLabError
 from higgslab.train.examples import IGNORE, TrainExample, collate, loss_sums, read_prepared
+from higgslab.train.sync import barrier
 
 DISTRIBUTED = ("none", "ddp", "fsdp")
 METHODS = ("lora", "audio", "full")  # methods.METHODS once helper C's module is merged
@@ -262,7 +263,7 @@ def save_state(path: Path, module: nn.Module, optimizer, step: int, history: lis
     model_state, optim_state = get_state_dict(module, optimizer, options=_state_options(cpu_offload=True))
     if ranks.main:
         write_state(path, {"model": model_state, "optimizer": optim_state, "step": step, "history": history})
-    _barrier(ranks)
+    barrier(ranks.world)
 
 
 def load_state(path: Path, module: nn.Module, optimizer) -> tuple[int, list]:
@@ -274,13 +275,6 @@ def load_state(path: Path, module: nn.Module, optimizer) -> tuple[int, list]:
         options=_state_options(strict=False),
     )  # fmt: skip
     return state["step"], state["history"]
-
-
-def _barrier(ranks: Ranks) -> None:
-    if ranks.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def write_log(history: list[dict], path: Path) -> None:
@@ -434,4 +428,4 @@ def _save_final(
     if ranks.main:
         path = save_model(model.eval(), s.method, out / "model", model_dir)
         print(f"wrote {path}")
-    _barrier(ranks)
+    barrier(ranks.world)

@@ -3,24 +3,19 @@
     python -m higgslab.prepare data=DIR_OR_JSONL output_dir=DIR [tokenizer_path=... max_clip_s=30 too_long=skip]
     torchrun --nproc_per_node 4 -m higgslab.prepare data=... output_dir=...      # each rank encodes its share
 
-Inputs (`data=`):
-- a folder of `name.wav|flac|ogg` + `name.txt` (its transcript, UTF-8), optionally `name.json` with `speaker`,
-  `scene` and `reference` (the id of another clip in the folder: a voice-cloning example). Subfolders are
-  read too; an example's id is its path in the folder without the extension ("spk1/utt01").
-- a JSONL file in the chat shape of FORMATS.md §10, one sample a line: an optional system message (higgslab's
-  system text, with the scene in its scene block), then a user text + assistant audio pair (the target),
-  optionally preceded by another pair (the voice reference). `audio_url` is relative to the JSONL's folder or
-  absolute; the id is the audio's path in that folder without the extension (its file name when outside).
-  A sample's `speaker` is kept; `start_index` and `misc` are not used.
-Any sample rate, mono or stereo: the tokenizer resamples and mixes (`AudioTokenizer.encode`).
+Inputs (`data=`): a folder of audio + transcript files or a §10 chat-shape JSONL file, read (and checked) by
+`higgslab.train.sources`, which describes both. Any sample rate, mono or stereo: the tokenizer resamples and
+mixes (`AudioTokenizer.encode`).
 
 The prepared folder (what `higgslab.train.examples.read_prepared` reads):
 
-    prepared.json     {"version": 1, "n_q", "codebook_size", "sample_rate", "frame_rate", "tokenizer": path,
+    prepared.json     {"version": 2, "n_q", "codebook_size", "sample_rate", "frame_rate", "tokenizer": path,
                        "examples": N, "frames": total, "skipped": [{"source", "reason"}],
                        "cropped": [{"source", "reason"}]}
     manifest.jsonl    one line per example, sorted by id: {"id", "text", "frames", "shard", "source", "sha256",
-                       "speaker", "scene", "reference": null | {"text", "id"}}; a reference is itself an example
+                       "speaker", "scene", "references": [{"text", "id"}, ...]}: its voice references in prompt
+                       order ([] for none), each itself an example. Version 1 (still read) had "reference":
+                       null | {"text", "id"}, one at most
     shards/NNNNN.safetensors   int16 codes [n_q, F] keyed by example id; the safetensors metadata holds each
                        example's source hash and the settings that made it
 
@@ -33,16 +28,14 @@ end and in prepared.json. Clips longer than `max_clip_s` are skipped (`too_long=
 
 Under torchrun (RANK / WORLD_SIZE set) every rank plans the same examples, rank r encodes every WORLD_SIZE-th
 of those still to do into its own shards, and rank 0 writes the manifest once all are done; the processes meet
-through torch.distributed with gloo (`barrier`, `broadcast_object_list`, `gather_object`).
+through torch.distributed with gloo (`broadcast_object_list`, `gather_object`, `train.sync.barrier`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +43,11 @@ import torch
 from omegaconf import DictConfig
 
 from higgslab.errors import HiggsLabError
+from higgslab.train.sources import Example, plan, skip
+from higgslab.train.sync import barrier
 
-VERSION = 1
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+VERSION = 2  # of prepared.json and the manifest (2: a list of references per example)
 TOO_LONG = ("skip", "crop")
-FOLDER_META_KEYS = ("speaker", "scene", "reference")
 SHARD_META = "higgslab.prepare"  # the safetensors metadata key of a shard's record
 
 
@@ -95,234 +88,6 @@ def settings_from(cfg: DictConfig) -> PrepareSettings:
         raise HiggsLabError(f"tokenizer_path={s.tokenizer_path}: no such folder")
     check_output_dir(s.output_dir)
     return s
-
-
-# ---- the plan: which clips, with which transcripts ------------------------------------------------------
-@dataclass
-class Example:
-    """One clip to encode and its manifest fields (`reference`: the id of its voice reference example)."""
-
-    id: str
-    text: str
-    source: str
-    speaker: str | None = None
-    scene: str | None = None
-    reference: str | None = None
-    sha256: str = ""
-
-
-def skip(source, reason: str) -> dict:
-    return {"source": str(source), "reason": reason}
-
-
-def read_transcript(path: Path) -> str:
-    """A transcript file's text, stripped; one line when it is missing, not UTF-8, empty or holds special tokens."""
-    from higgslab.generate.prompt import check_user_text
-
-    if not path.is_file():
-        raise HiggsLabError(f"no transcript: {path.name} is missing")
-    try:
-        text = path.read_bytes().decode("utf-8").strip()
-    except UnicodeDecodeError as e:
-        raise HiggsLabError(f"transcript {path.name} is not UTF-8 text (byte {e.start})") from None
-    check_user_text(text, f"transcript {path.name}")
-    return text
-
-
-def clip_id(path: Path, base: Path) -> str:
-    """The example id of an audio file: its path under `base` without the extension, else its file name's stem."""
-    try:
-        return path.resolve().relative_to(base.resolve()).with_suffix("").as_posix()
-    except ValueError:
-        return path.stem
-
-
-def read_folder(folder: Path) -> tuple[list[Example], list[dict]]:
-    """The examples of a folder of audio + `.txt` (+ `.json`) files, and the files skipped with why."""
-    folder, examples, skipped, seen = folder.resolve(), [], [], {}
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    for path in files:
-        suffix = path.suffix.lower()
-        if suffix == ".txt" and not any(path.with_suffix(s).is_file() for s in AUDIO_SUFFIXES):
-            skipped.append(skip(path, f"no audio beside it ({' / '.join(AUDIO_SUFFIXES)})"))
-        if suffix not in AUDIO_SUFFIXES:
-            continue
-        example_id = clip_id(path, folder)
-        if example_id in seen:
-            skipped.append(skip(path, f"id {example_id!r} is already {seen[example_id].name}"))
-            continue
-        seen[example_id] = path
-        try:
-            meta = read_folder_meta(path.with_suffix(".json"))
-            examples.append(Example(example_id, read_transcript(path.with_suffix(".txt")), str(path), **meta))
-        except HiggsLabError as e:
-            skipped.append(skip(path, str(e)))
-    return examples, skipped
-
-
-def read_folder_meta(path: Path) -> dict:
-    """`name.json`'s speaker / scene / reference (all optional) or {} without one."""
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HiggsLabError(f"{path.name} is not UTF-8 JSON ({str(e).splitlines()[0]})") from None
-    if not isinstance(meta, dict):
-        raise HiggsLabError(f"{path.name}: expected a JSON object with {', '.join(FOLDER_META_KEYS)}")
-    for key, value in meta.items():
-        if key not in FOLDER_META_KEYS:
-            raise HiggsLabError(f"{path.name}: unknown key {key!r} (takes {', '.join(FOLDER_META_KEYS)})")
-        if value is not None and not isinstance(value, str):
-            raise HiggsLabError(f"{path.name}: {key} must be a string or null, got {value!r}")
-    return meta
-
-
-def read_jsonl(path: Path) -> tuple[list[Example], list[dict]]:
-    """The examples of a §10 chat-shape JSONL file (references included), and the lines skipped with why."""
-    path, examples, skipped = path.resolve(), [], []
-    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise HiggsLabError(f"not UTF-8 text (byte {e.start})") from None
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HiggsLabError(f"not JSON ({e.msg} at column {e.colno})") from None
-            examples += sample_examples(sample, path.parent)
-        except HiggsLabError as e:
-            skipped.append(skip(f"{path}:{n}", str(e)))
-    return examples, skipped
-
-
-def sample_examples(sample, base: Path) -> list[Example]:
-    """One §10 sample -> its target example (+ its reference example first)."""
-    from higgslab.generate.prompt import check_user_text
-
-    if not isinstance(sample, dict) or not isinstance(sample.get("messages"), list):
-        raise HiggsLabError('expected an object {"messages": [...]}')
-    messages = sample["messages"]
-    if not all(isinstance(m, dict) for m in messages):
-        raise HiggsLabError('each message must be an object {"role", "content"}')
-    scene = None
-    if messages and messages[0].get("role") == "system":
-        scene = scene_of(message_text(messages[0]))
-        messages = messages[1:]
-    roles = [m.get("role") for m in messages]
-    if roles not in (["user", "assistant"], ["user", "assistant"] * 2):
-        raise HiggsLabError(
-            f"roles {roles}: expected user, assistant (after an optional system message), "
-            "with one more user, assistant pair before them for a voice reference"
-        )
-    speaker = sample.get("speaker")
-    if speaker is not None and not isinstance(speaker, str):
-        raise HiggsLabError(f"speaker must be a string or null, got {speaker!r}")
-    pairs = []
-    for user, assistant in zip(messages[::2], messages[1::2], strict=True):
-        text = message_text(user).strip()
-        if not text:
-            raise HiggsLabError("no transcript: the user turn before the audio has no text")
-        check_user_text(text, "transcript")
-        audio = message_audio(assistant, base)
-        pairs.append(Example(clip_id(audio, base), text, str(audio.resolve())))
-    *reference, target = pairs
-    target.speaker, target.scene = speaker, scene
-    target.reference = reference[0].id if reference else None
-    return [*reference, target]
-
-
-def message_parts(message: dict) -> list[dict]:
-    content = message.get("content")
-    parts = content if isinstance(content, list) else [content]
-    parts = [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]
-    if not all(isinstance(p, dict) and p.get("type") in ("text", "audio") for p in parts):
-        raise HiggsLabError(
-            f"{message.get('role')} content: expected text, {{'type': 'text'|'audio', ...}} or a list"
-        )
-    return parts
-
-
-def message_text(message: dict) -> str:
-    parts = message_parts(message)
-    if any(p["type"] != "text" for p in parts):
-        raise HiggsLabError(f"audio in a {message.get('role')} turn: only assistant turns hold audio here")
-    texts = [p.get("text") for p in parts]
-    if not all(isinstance(t, str) for t in texts):
-        raise HiggsLabError(f"{message.get('role')} text must be a string")
-    return "".join(texts)
-
-
-def message_audio(message: dict, base: Path) -> Path:
-    """The audio file of an assistant turn (one audio part, a file path)."""
-    parts = message_parts(message)
-    if len(parts) != 1 or parts[0]["type"] != "audio":
-        raise HiggsLabError("an assistant turn must hold exactly one audio part")
-    part = parts[0]
-    if part.get("raw_audio") is not None:
-        raise HiggsLabError("inline raw_audio is not supported: give the file as audio_url")
-    if part.get("offset") is not None or part.get("duration") is not None:
-        raise HiggsLabError("offset / duration segments are not supported: cut the clip into its own file")
-    url = part.get("audio_url")
-    if not isinstance(url, str) or not url:
-        raise HiggsLabError("an audio part needs audio_url (a file path)")
-    path = base / url
-    if not path.is_file():
-        raise HiggsLabError(f"audio file not found: {path}")
-    return path
-
-
-def scene_of(system: str) -> str | None:
-    """The scene of a system message in higgslab's shape (`generate.prompt.system_message`), else one line."""
-    from higgslab.generate.prompt import SYSTEM_MESSAGE
-
-    if system.strip() == SYSTEM_MESSAGE:
-        return None
-    found = re.fullmatch(
-        re.escape(SYSTEM_MESSAGE) + r"\n\n<\|scene_desc_start\|>\n(.*)\n<\|scene_desc_end\|>",
-        system.strip(),
-        re.S,
-    )
-    if found is None:
-        raise HiggsLabError(
-            f"system message {system[:40]!r}...: expected {SYSTEM_MESSAGE!r}, optionally with a scene block"
-        )
-    return found[1]
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def plan(data: Path) -> tuple[list[Example], list[dict]]:
-    """Every example of `data` (sorted by id, each id once, sources hashed, references present), and the
-    skipped ones with their one-line reasons."""
-    examples, skipped = read_folder(data) if data.is_dir() else read_jsonl(data)
-    by_id: dict[str, Example] = {}
-    for ex in examples:
-        old = by_id.get(ex.id)
-        if old is None:
-            by_id[ex.id] = ex
-        elif (old.source, old.text) != (ex.source, ex.text):
-            skipped.append(skip(ex.source, f"id {ex.id!r} is already {old.source} with another transcript"))
-        else:  # the same clip twice (a reference that is also a sample): one example, fields merged
-            for field in ("speaker", "scene", "reference"):
-                if getattr(old, field) is None:
-                    setattr(old, field, getattr(ex, field))
-    for ex in sorted(by_id.values(), key=lambda e: e.id):
-        if ex.reference is not None and ex.reference not in by_id:
-            skipped.append(skip(ex.source, f"its reference {ex.reference!r} is not an example here"))
-            del by_id[ex.id]
-    for ex in by_id.values():
-        ex.sha256 = sha256_of(ex.source)
-    return sorted(by_id.values(), key=lambda e: e.id), skipped
 
 
 # ---- encoding ------------------------------------------------------------------------------------------
@@ -493,8 +258,7 @@ def prepare(s: PrepareSettings) -> PrepareResult | None:
         bad = sorted((line for rank_bad, _ in reports for line in rank_bad), key=lambda d: d["source"])
         result = write_manifest(out, examples, skipped + bad, tokenizer, tokenizer_dir)
         result.encoded = sorted(i for _, rank_encoded in reports for i in rank_encoded)
-    if world > 1:
-        dist.barrier()  # every rank returns once the manifest is written
+    barrier(world)  # every rank returns once the manifest is written
     if joined:
         dist.destroy_process_group()
     return result
@@ -508,19 +272,23 @@ def write_manifest(out: Path, examples: list[Example], skipped: list[dict], toke
     kept = {ex.id: ex for ex in examples if (ex.id, ex.sha256) in done}
     lost = True
     while lost:  # an example whose reference was skipped goes too (and then whatever references it)
-        lost = [ex for ex in kept.values() if ex.reference is not None and ex.reference not in kept]
-        for ex in lost:
-            skipped.append(skip(ex.source, f"its reference {ex.reference!r} was skipped"))
-            del kept[ex.id]
+        lost = {ex.id: [r for r in ex.references if r not in kept] for ex in kept.values()}
+        lost = {i: missing for i, missing in lost.items() if missing}
+        for i, missing in lost.items():
+            skipped.append(skip(kept.pop(i).source, f"its reference {missing[0]!r} was skipped"))
     lines, cropped, frames = [], [], 0
     for ex in kept.values():
         shard, entry = done[ex.id, ex.sha256]
         frames += entry["frames"]
         if entry["cropped"]:
             cropped.append(skip(ex.source, entry["cropped"]))
-        reference = None if ex.reference is None else {"text": kept[ex.reference].text, "id": ex.reference}
-        fields = dataclasses.asdict(ex) | {"frames": entry["frames"], "shard": shard, "reference": reference}
-        order = ("id", "text", "frames", "shard", "source", "sha256", "speaker", "scene", "reference")
+        references = [{"text": kept[r].text, "id": r} for r in ex.references]
+        fields = dataclasses.asdict(ex) | {
+            "frames": entry["frames"],
+            "shard": shard,
+            "references": references,
+        }
+        order = ("id", "text", "frames", "shard", "source", "sha256", "speaker", "scene", "references")
         lines.append(json.dumps({k: fields[k] for k in order}, ensure_ascii=False) + "\n")
     info = {
         "version": VERSION,

@@ -86,8 +86,9 @@ def test_labels_are_what_the_generator_forces_and_samples(tiny):
 
 
 def write_prepared(directory, items: dict, n_q: int = 8, codebook_size: int = 1024, reference=None):
-    """A prepared folder as `higgslab.prepare` writes it: `items` id → (text, codes `[n_q, F]`); each
-    example in `reference` (id → reference id) gets that example as its voice reference."""
+    """A prepared folder as `higgslab.prepare` wrote it in version 1 (one voice reference at most; still read):
+    `items` id → (text, codes `[n_q, F]`); each example in `reference` (id → reference id) gets that example
+    as its voice reference. Version 2 folders are made by prepare itself in tests/train/test_prepare.py."""
     from safetensors.torch import save_file
 
     (directory / "shards").mkdir(parents=True)
@@ -137,6 +138,10 @@ def test_read_prepared_errors(tiny, tmp_path):
     data = read_prepared(write_prepared(tmp_path / "p", {"a": ("x", random_codes(0, 3, n_q=4))}, n_q=4))
     with pytest.raises(HiggsLabError, match="prepared with 4 x 1024 codes, the model takes 8 x 1024"):
         data.check(model.config)
+    info = json.loads((tmp_path / "p" / "prepared.json").read_text())
+    (tmp_path / "p" / "prepared.json").write_text(json.dumps(info | {"version": 3}))
+    with pytest.raises(HiggsLabError, match=r"prepared.json: version 3, this higgslab reads 1 and 2$"):
+        read_prepared(tmp_path / "p")
 
 
 def test_collate_pads_and_the_loss_counts_every_target_once(tiny):

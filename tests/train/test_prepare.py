@@ -29,7 +29,12 @@ from tests.train.prepare_rank import rank_main
 
 # name, file type, sample rate, channels, seconds
 CLIPS = [("c0", "wav", 24000, 1, 1.0), ("c1", "flac", 16000, 2, 1.5), ("c2", "ogg", 44100, 1, 1.2)]
-META = {"c1": {"speaker": "amy", "scene": "a quiet room", "reference": "c0"}}
+KIND = {name: kind for name, kind, *_ in CLIPS}
+# c1: two voice references (a list of ids), c2: one (an id); a reference is itself an example
+META = {
+    "c1": {"speaker": "amy", "scene": "a quiet room", "reference": ["c0", "c2"]},
+    "c2": {"reference": "c0"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,27 +51,29 @@ def write_clip(path, rate, channels, seconds, seed=0):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    """A folder of the CLIPS with transcripts (c1: speaker, scene, and c0 as its voice reference)."""
+    """A folder of the CLIPS with transcripts and META (c1: speaker, scene, c0 and c2 as its voice references)."""
     folder = tmp_path_factory.mktemp("clips")
     for i, (name, kind, rate, channels, seconds) in enumerate(CLIPS):
         write_clip(folder / f"{name}.{kind}", rate, channels, seconds, seed=i)
         (folder / f"{name}.txt").write_text(f"Clip number {i}, ünïcode.\n", encoding="utf-8")
-    (folder / "c1.json").write_text(json.dumps(META["c1"]))
+    for name, meta in META.items():
+        (folder / f"{name}.json").write_text(json.dumps(meta))
     return folder
 
 
 def as_jsonl(folder, path):
-    """The same clips as a §10 chat-shape JSONL file (c1 with its reference pair, whose audio_url is relative)."""
+    """The same clips as a §10 chat-shape JSONL file (a user text + assistant audio pair per reference before
+    the target pair, the references' audio_url relative to the file)."""
     lines = []
     for name, kind, *_ in CLIPS:
         text = (folder / f"{name}.txt").read_text(encoding="utf-8").strip()
         meta = META.get(name, {})
         messages = [{"role": "user", "content": text},
                     {"role": "assistant", "content": {"type": "audio", "audio_url": str(folder / f"{name}.{kind}")}}]  # fmt: skip
-        if meta.get("reference"):
-            ref = meta["reference"]
+        references = meta.get("reference") or []
+        for ref in reversed([references] if isinstance(references, str) else references):
             messages = [{"role": "user", "content": [{"type": "text", "text": f"Clip number {ref[1:]}, ünïcode."}]},
-                        {"role": "assistant", "content": [{"type": "audio", "audio_url": os.path.relpath(folder / f"{ref}.wav", path.parent),
+                        {"role": "assistant", "content": [{"type": "audio", "audio_url": os.path.relpath(folder / f"{ref}.{KIND[ref]}", path.parent),
                                                            "raw_audio": None, "offset": None}]}, *messages]  # fmt: skip
         if meta.get("scene"):
             scene = f"{SYSTEM_MESSAGE}\n\n<|scene_desc_start|>\n{meta['scene']}\n<|scene_desc_end|>"
@@ -104,7 +111,8 @@ def test_folder_and_jsonl_give_the_same_manifest_and_the_tokenizers_codes(clips,
     assert [e["id"] for e in entries] == ["c0", "c1", "c2"]
     c1 = entries[1]
     assert (c1["speaker"], c1["scene"]) == ("amy", "a quiet room")
-    assert c1["reference"] == {"text": "Clip number 0, ünïcode.", "id": "c0"}
+    c0_ref, c2_ref = ({"text": f"Clip number {i}, ünïcode.", "id": f"c{i}"} for i in (0, 2))
+    assert [e["references"] for e in entries] == [[], [c0_ref, c2_ref], [c0_ref]]
     assert entries[0]["text"] == "Clip number 0, ünïcode."
     tok = load_tokenizer(tokenizer_dir)
     total = 0
@@ -117,7 +125,7 @@ def test_folder_and_jsonl_give_the_same_manifest_and_the_tokenizers_codes(clips,
         assert e["sha256"] == hashlib.sha256((clips / f"{e['id']}.{kind}").read_bytes()).hexdigest()
         total += e["frames"]
     assert {k: info[k] for k in ("version", "n_q", "codebook_size", "sample_rate", "frame_rate")} == {
-        "version": 1, "n_q": 8, "codebook_size": 1024, "sample_rate": 24000, "frame_rate": 25.0}  # fmt: skip
+        "version": 2, "n_q": 8, "codebook_size": 1024, "sample_rate": 24000, "frame_rate": 25.0}  # fmt: skip
     assert (info["examples"], info["frames"], info["tokenizer"]) == (3, total, str(tokenizer_dir))
 
 
@@ -141,7 +149,11 @@ def bad_folder(root):
     (folder / "clone.json").write_text(json.dumps({"reference": "nan"}))
     write_clip(folder / "typo.wav", 24000, 1, 1.0)
     (folder / "typo.json").write_text(json.dumps({"speakr": "amy"}))
-    for name in ("empty", "unreadable", "nan", "long", "clone", "typo"):
+    write_clip(folder / "clones.wav", 24000, 1, 1.0)
+    (folder / "clones.json").write_text(json.dumps({"reference": ["good", "nowhere"]}))
+    write_clip(folder / "refs.wav", 24000, 1, 1.0)
+    (folder / "refs.json").write_text(json.dumps({"reference": ["good", 3]}))
+    for name in ("empty", "unreadable", "nan", "long", "clone", "typo", "clones", "refs"):
         (folder / f"{name}.txt").write_text(f"The {name} clip.")
     reasons = {
         "no_text.wav": "no transcript: no_text.txt is missing",
@@ -154,6 +166,8 @@ def bad_folder(root):
         "orphan.txt": "no audio beside it (.wav / .flac / .ogg)",
         "clone.wav": "its reference 'nan' was skipped",
         "typo.wav": "typo.json: unknown key 'speakr' (takes speaker, scene, reference)",
+        "clones.wav": "its reference 'nowhere' is not an example here",
+        "refs.wav": "refs.json: reference must be an id, a list of ids or null, got ['good', 3]",
     }
     return folder, reasons
 
@@ -210,6 +224,100 @@ def test_bad_jsonl_lines_are_skipped_with_a_one_line_reason_each(clips, tokenize
     assert reasons[4].startswith(
         "system message 'Speak.'...: expected 'Generate audio following instruction.'"
     )
+
+
+def test_a_sample_with_two_references_trains_on_the_prompt_the_generator_builds(
+    clips, tokenizer_dir, embedded_cache, tmp_path
+):
+    """The JSONL sample of c1 (reference pairs c0, c2, then its own pair) prepared and read back: its prompt is
+    `Generator.build_prompt` with those two references (token ids, audio placeholders and their columns),
+    and only the target segment (and its closing text tokens) has labels."""
+    from transformers import AutoTokenizer
+
+    from higgslab import delay
+    from higgslab.generate.generator import Generator
+    from higgslab.generate.prompt import Reference
+    from higgslab.io.load import load_model
+    from higgslab.train.examples import IGNORE, label_grid, read_prepared
+
+    (tmp_path / "data").mkdir()
+    prepare(settings(as_jsonl(clips, tmp_path / "data" / "train.jsonl"), tmp_path / "out", tokenizer_dir))
+    model_dir = embedded_cache[1]
+    model, tok = load_model(model_dir, dtype=torch.float32), AutoTokenizer.from_pretrained(str(model_dir))
+    c = model.config
+    data = read_prepared(tmp_path / "out")
+    data.check(c)
+    c1 = next(e for e in data.entries if e.id == "c1")
+    ex = data.example(c1, tok, c)
+
+    audio_tokenizer = load_tokenizer(tokenizer_dir)
+    codes = {n: audio_tokenizer.encode(*read_audio(clips / f"{n}.{KIND[n]}")) for n in ("c0", "c1", "c2")}
+    references = [Reference(f"Clip number {i}, ünïcode.", codes[f"c{i}"]) for i in (0, 2)]
+    prompt = Generator(model, None, tok, compile=False).build_prompt(
+        "Clip number 1, ünïcode.", "a quiet room", references=references
+    )
+    P, placeholders = len(prompt.input_ids), prompt.audio_codes.shape[1]
+    assert torch.equal(ex.input_ids[:P], prompt.input_ids)
+    assert torch.equal(ex.audio_codes[:, :placeholders], prompt.audio_codes)
+    assert int((prompt.input_ids == c.audio_out_token_id).sum()) == placeholders  # both references' columns
+    assert placeholders == sum(codes[f"c{i}"].shape[1] + c.num_codebooks + 1 for i in (0, 2))
+
+    target = delay.encode_segment(codes["c1"], c.stream_ids)  # [n_q, S]
+    S = target.shape[1]
+    assert torch.equal(ex.audio_codes[:, placeholders:], target)
+    assert ex.input_ids[P:].tolist() == [c.audio_out_token_id] * S + tok.convert_tokens_to_ids(
+        ["<|audio_eos|>", "<|eot_id|>"]
+    )
+    labelled = (ex.labels != IGNORE).any(1).nonzero()[:, 0]
+    assert labelled.min() >= P - 1 and labelled.max() < P - 1 + S  # the target's columns, nothing before
+    assert torch.equal(ex.labels[P - 1 : P - 1 + S], label_grid(codes["c1"], c.stream_ids).T)
+    assert ex.text_labels.ne(IGNORE).nonzero()[:, 0].tolist() == [P - 2, P + S - 1, P + S]
+
+
+def test_unsupported_jsonl_features_are_one_line_skips(clips, tmp_path):
+    """Each §10 feature this reader does not take, and each malformed sample, is skipped with its reason."""
+    from higgslab.train.sources import read_jsonl
+
+    wav = str(clips / "c0.wav")
+    user = {"role": "user", "content": "Hello."}
+
+    def said(**part):
+        return {"role": "assistant", "content": [{"type": "audio", "audio_url": wav, **part}]}
+
+    cases = [
+        ([user, said(raw_audio="UklGRg==")], "inline raw_audio is not supported: give the file as audio_url"),
+        ([user, said(offset=0.5)], "offset / duration segments are not supported: cut the clip into its own file"),
+        ([user, said(duration=1.0)], "offset / duration segments are not supported: cut the clip into its own file"),
+        ([{"role": "user", "content": [{"type": "audio", "audio_url": wav}]}, said()],
+         "audio in a user turn: only assistant turns hold audio here"),
+        ([{"role": "system", "content": {"type": "audio", "audio_url": wav}}, user, said()],
+         "audio in a system turn: only assistant turns hold audio here"),
+        ([user, {"role": "assistant", "content": "Hi."}], "an assistant turn must hold exactly one audio part"),
+        ([user, {"role": "assistant", "content": [*said()["content"]] * 2}],
+         "an assistant turn must hold exactly one audio part"),
+        ([user, said(audio_url=None)], "an audio part needs audio_url (a file path)"),
+        ([user, {"role": "assistant", "content": {"type": "image"}}],
+         "assistant content: expected text, {'type': 'text'|'audio', ...} or a list"),
+        ([{"role": "user", "content": {"type": "text", "text": 3}}, said()], "user text must be a string"),
+        ([{"role": "user", "content": "Hello <|eot_id|>."}, said()],
+         "transcript holds the special token string '<|eot_id|>'"),
+        ([user], "roles ['user']: expected user, assistant (after an optional system message), with a user, "
+                 "assistant pair before them per voice reference"),
+        ([user, said(), user], "roles ['user', 'assistant', 'user']: expected user, assistant"),
+        ([said(), user], "roles ['assistant', 'user']: expected user, assistant"),
+        ([user, "not a message"], 'each message must be an object {"role", "content"}'),
+    ]  # fmt: skip
+    samples = [{"messages": messages} for messages, _ in cases]
+    samples += [{"messages": [user, said()], "speaker": 7}, ["not", "an object"]]
+    reasons = [reason for _, reason in cases]
+    reasons += ["speaker must be a string or null, got 7", 'expected an object {"messages": [...]}']
+    path = tmp_path / "unsupported.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    examples, skipped = read_jsonl(path)
+    assert examples == []
+    assert [d["source"] for d in skipped] == [f"{path}:{n}" for n in range(1, len(samples) + 1)]
+    for got, reason in zip((d["reason"] for d in skipped), reasons, strict=True):
+        assert got.startswith(reason) and "\n" not in got, (got, reason)
 
 
 def test_an_interrupted_run_resumes_with_only_the_missing_examples(
