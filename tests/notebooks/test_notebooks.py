@@ -1,5 +1,6 @@
 """Every notebook runs top to bottom in a real kernel (nbclient), from a temporary copy, with the embedded
-default model written into a fresh cache, offline."""
+default model written into a fresh cache, offline. 05 (fine-tuning) runs with tiny sizes injected after its
+"parameters" cell (papermill's convention) and a cell of checks appended."""
 
 import shutil
 from pathlib import Path
@@ -10,6 +11,32 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 
+# 05 at test size: seconds instead of minutes (a high LR, so that 3 steps still change the speech)
+FINETUNE_SIZES = """\
+SENTENCES, EVAL_EXAMPLES, STEPS, BATCH, EVAL_EVERY, LR = 6, 2, 3, 2, 0, 5e-2
+HELD_OUT, MAX_NEW_TOKENS = 1, 24
+WORK = Path({work!r})
+"""
+FINETUNE_CHECKS = """\
+import re
+
+import numpy as np
+import torch
+
+from higgslab.train.methods import LoraSettings
+
+assert [r["step"] for r in history] == list(range(1, STEPS + 1)) and "eval_loss" in history[-1]
+assert (RUN / "loss.png").is_file() and (RUN / "log.csv").read_text().count("\\n") == STEPS + 1
+assert (trained / "adapter_config.json").is_file()
+# the adapter, merged at load, changed exactly the weights its targets name, and with them the speech
+targets = LoraSettings(targets=tuple(ft_cfg.lora.targets)).target_regex() + r"\\.weight"
+base = dict(before.model.named_parameters())
+changed = [n for n, p in after.model.named_parameters() if not torch.equal(p, base[n])]
+assert changed and all(re.fullmatch(targets, n) for n in changed), changed
+assert all(not np.array_equal(clips["before"], clips["after"]) for clips in heard)
+print("checked", len(changed), "adapted weights")
+"""
+
 
 @pytest.fixture(scope="session")
 def fresh_cache(tmp_path_factory):
@@ -17,12 +44,13 @@ def fresh_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("higgslab-cache")
 
 
-def test_the_four_notebooks_are_there_and_stripped():
+def test_the_five_notebooks_are_there_and_stripped():
     assert [p.stem for p in NOTEBOOKS] == [
         "01_tokenizer",
         "02_delay_and_generation",
         "03_dualffn",
         "04_experiments",
+        "05_finetune",
     ]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
@@ -32,12 +60,27 @@ def test_the_four_notebooks_are_there_and_stripped():
         assert "widgets" not in nb.metadata, f"{path.name}: widget state saved in git"
 
 
+def at_test_size(nb, tmp_path: Path) -> None:
+    """05: the tiny sizes after the cell tagged "parameters", the checks at the end."""
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "05_finetune needs one cell tagged parameters"
+    nb.cells.insert(
+        tagged[0] + 1, nbformat.v4.new_code_cell(FINETUNE_SIZES.format(work=str(tmp_path / "work")))
+    )
+    nb.cells.append(nbformat.v4.new_code_cell(FINETUNE_CHECKS))
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, fresh_cache, monkeypatch):
     monkeypatch.setenv("HIGGSLAB_CACHE", str(fresh_cache))  # the kernel inherits it
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     copy = Path(shutil.copy(path, tmp_path))
     nb = nbformat.read(copy, as_version=4)
+    if path.stem == "05_finetune":
+        from tests.train.conftest import espeak_or_skip
+
+        espeak_or_skip()  # it speaks its dataset
+        at_test_size(nb, tmp_path)
     NotebookClient(
         nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
@@ -56,3 +99,6 @@ def test_notebook_runs(path, tmp_path, fresh_cache, monkeypatch):
         if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
     ]
     assert images or widgets, "the notebook shows nothing"
+    if path.stem == "05_finetune":
+        assert images and widgets, "05 shows the loss plot and the before/after players"
+        assert "adapted weights" in "".join(o.get("text", "") for o in nb.cells[-1].outputs)
