@@ -246,10 +246,15 @@ def run(a, models: list[str]) -> None:
         for name in models:
             logs = {n: finetune_run(dirs[name], data, tmp / f"{name}-{n}", a, n, threads[n]) for n in (1, 2)}
             print(table_row(name, dirs[name], logs, a.warmup), flush=True)
+    load = os.getloadavg()
     print(
-        f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-        f"{time.monotonic() - started:.0f} s in all"
+        f"\nload average at end: {' '.join(f'{x:.2f}' for x in load)}; {time.monotonic() - started:.0f} s in all"
     )
+    if load[1] > cores:  # other processes wanted more than the cores: a multi-threaded process suffers most
+        print(
+            f"busy machine (load above {cores} cores): OpenMP threads spin-wait for each other and lose their "
+            "cores, so the one-process figure is low; a dedicated machine's differs"
+        )
 
 
 if __name__ == "__main__":
