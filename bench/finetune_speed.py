@@ -15,6 +15,8 @@ gradient all-reduce), the median over the steps after the first `--warmup`. Scal
 what a second rank's process buys over giving one process those cores as threads (> 1: data parallelism
 beats intra-op threading at this size; < 1: the all-reduce and the second copy of the model cost more).
 Both runs must log the same losses (the loop's promise for 2 ranks x b = 1 rank x 2b); the bench checks it.
+The environment passes to the launches: on a machine shared with other work, libgomp's threads spin-wait
+for each other by default, which costs the multi-threaded process most (`OMP_WAIT_POLICY=PASSIVE` to compare).
 
 Models: `mini` = the embedded higgslab-mini; `mid` = a random DualFFN model of the real checkpoint's shape
 (`--real-config`: every layer DualFFN, its head width, FFN/hidden ratio and query heads per key/value head)
@@ -221,7 +223,8 @@ def run(a, models: list[str]) -> None:
     threads = {1: cores, 2: max(1, cores // 2)}  # per process
     print(f"CPU: {cpu_features()}, {cores} cores for this bench, torch {torch.__version__}")
     print(
-        f"threads: 1 process x {threads[1]}; torchrun 2 ranks x {threads[2]} (OMP_NUM_THREADS and threads=)"
+        f"threads: 1 process x {threads[1]}; torchrun 2 ranks x {threads[2]} (OMP_NUM_THREADS and threads=; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})"
     )
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     mini_dir = resolve_paths(None, None)[0]
@@ -252,8 +255,9 @@ def run(a, models: list[str]) -> None:
     )
     if load[1] > cores:  # other processes wanted more than the cores: a multi-threaded process suffers most
         print(
-            f"busy machine (load above {cores} cores): OpenMP threads spin-wait for each other and lose their "
-            "cores, so the one-process figure is low; a dedicated machine's differs"
+            f"busy machine (load above {cores} cores): the processes competed with others for the cores (a "
+            "multi-threaded one most, its OpenMP threads wait for each other), so a dedicated machine's "
+            "figures differ"
         )
 
 
