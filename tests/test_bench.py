@@ -101,3 +101,54 @@ def test_dualffn_train_bench_runs_every_method():
         bad.returncode != 0
         and bad.stderr.strip() == "error: unknown method(s) ['qlora']; choose from full, lora, audio"
     )
+
+
+def test_finetune_speed_models_have_the_real_shape_and_examples_their_length(tmp_path):
+    from higgslab.embedded import resolve_paths
+    from higgslab.io.text_tokenizer import load_text_tokenizer
+    from higgslab.train.examples import read_prepared
+
+    fs = _bench_module("finetune_speed")
+    mini_dir = resolve_paths(None, None)[0]
+    mini, real = HiggsConfig.from_file(mini_dir / "config.json"), HiggsConfig.from_file(fs.REAL_CONFIG)
+    mid = fs.mid_config(mini, real, hidden=1024, layers=8)
+    assert (mid.hidden_size, mid.num_layers, mid.head_dim, mid.num_heads) == (1024, 8, 128, 8)
+    assert (
+        mid.intermediate_size == 2731 and mid.num_kv_heads == 4
+    )  # 8192/3072 x 1024; <= 3 queries per kv head
+    assert [mid.layer_kind(i) for i in range(8)] == ["dual_ffn"] * 8
+    assert (mid.vocab_size, mid.num_codebooks, mid.codebook_size) == (mini.vocab_size, 8, 1024)
+    with pytest.raises(fs.BenchError, match="multiple of the real head width 128"):
+        fs.mid_config(mini, real, hidden=1000, layers=8)
+
+    data = read_prepared(fs.write_prepared(tmp_path / "data", mini_dir, n=4, seq=96))
+    data.check(mini)
+    tok = load_text_tokenizer(mini_dir)
+    assert [len(data.example(e, tok, mini).input_ids) for e in data.entries] == [96] * 4  # no padding
+    with pytest.raises(fs.BenchError, match="--seq 20 is shorter than the prompt"):
+        fs.write_prepared(tmp_path / "short", mini_dir, n=1, seq=20)
+
+
+@pytest.mark.slow
+def test_finetune_speed_bench_runs_one_process_and_torchrun(tmp_path):
+    cmd = [sys.executable, "bench/finetune_speed.py", "--quick", "--models", "mid"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert out.stdout.startswith("CPU: ") and "threads: 1 process x" in out.stdout
+    (row,) = [line for line in out.stdout.splitlines() if line.startswith("| mid (2 layers, hidden 256")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[4]) > 0 and cells[5].startswith("yes")  # scaling; the two launches' losses agree
+
+
+@pytest.mark.slow
+def test_finetune_speed_stops_a_launch_and_its_workers_at_the_timeout():
+    import psutil
+
+    fs = _bench_module("finetune_speed")
+    marker = "61.2345"  # a sleep no one else runs
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(fs.free_port()), "--no-python", "sleep", marker]  # fmt: skip
+    with pytest.raises(fs.BenchError, match="did not finish in 10 s"):
+        fs.launch(cmd, threads=1, timeout=10)
+    left = [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
+    assert left == []

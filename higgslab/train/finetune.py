@@ -15,8 +15,9 @@ ranks. So gradient accumulation and the number of ranks never change the numbers
 Checkpoints (`last.pt`, rank 0 writes it atomically): the trainable weights and optimizer state as full
 tensors (`torch.distributed.checkpoint.state_dict`, the same for one process, DDP and FSDP2), the step and
 the history; the learning rate is a function of the step (`loop.learning_rate`). A resumed run continues
-with the losses of the uninterrupted one. Logs: `log.csv` and `loss.png` beside it; the trained model
-through `methods.save_trained` into `output_dir/model` (for `lora` a PEFT adapter directory).
+with the losses of the uninterrupted one. Logs: `log.csv` and `loss.png` beside it (`tokens_per_s`: the
+global batch's tokens over the training step's wall time, evaluation and checkpoints excluded); the trained
+model through `methods.save_trained` into `output_dir/model` (for `lora` a PEFT adapter directory).
 """
 
 from __future__ import annotations
@@ -287,7 +288,8 @@ def write_log(history: list[dict], path: Path) -> None:
 
 # ---- the run ---------------------------------------------------------------------------------------------
 def finetune(s: FinetuneSettings, stop_after: int | None = None) -> list[dict]:
-    """Run as configured; returns the history (one dict per step, identical on every rank).
+    """Run as configured; returns the history (one dict per step, identical on every rank but for the
+    `tokens_per_s` each rank clocks).
     `stop_after`: return after that step as if killed (tests of resuming). Seeds torch's global generator
     from `seed` (adapter init, dropout per step) and restores its state afterwards."""
     with torch.random.fork_rng(devices=[]):
@@ -370,15 +372,16 @@ def _finetune(s: FinetuneSettings, stop_after: int | None) -> list[dict]:
             logged += torch.stack([audio, text]).detach().cpu()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
         optimizer.step()
-        audio_loss, text_loss = _all_sum(logged, ranks).tolist()
+        audio_loss, text_loss = _all_sum(logged, ranks).tolist()  # (every rank has finished the step)
+        tokens = sum(len(e.input_ids) for e in picked)  # the global batch's
         row = {"step": step + 1, "loss": audio_loss + s.text_weight * text_loss, "audio_loss": audio_loss,
-               "text_loss": text_loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm)}  # fmt: skip
+               "text_loss": text_loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+               "tokens_per_s": tokens / (time.perf_counter() - t0)}  # fmt: skip
         last = step + 1 == s.steps
         if eval_ids and ((s.eval_every and (step + 1) % s.eval_every == 0) or last):
             row["eval_loss"] = evaluate(module, [examples[i] for i in eval_ids], run_batch, ranks)
         history.append(row)
-        tokens = sum(len(e.input_ids) for e in picked)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
         if (step + 1) % s.checkpoint_every == 0 or last:
             save_state(out / "last.pt", module, optimizer, step + 1, history, ranks)
             if ranks.main:

@@ -56,7 +56,9 @@ def test_a_run_writes_log_curve_checkpoint_and_model(prepared, embedded_cache, t
     assert [r["step"] for r in history] == [1, 2, 3, 4] and "eval_loss" in history[-1]
     assert all(torch.isfinite(torch.tensor(losses(history))))
     with open(tmp_path / "log.csv") as f:
-        assert [float(r["loss"]) for r in csv.DictReader(f)] == pytest.approx(losses(history))
+        logged = list(csv.DictReader(f))
+    assert [float(r["loss"]) for r in logged] == pytest.approx(losses(history))
+    assert all(float(r["tokens_per_s"]) > 0 for r in logged)  # what bench/finetune_speed.py reads
     assert (tmp_path / "loss.png").is_file() and (tmp_path / "last.pt").is_file()
     assert (tmp_path / "model").is_dir()
 
