@@ -180,19 +180,22 @@ def write_score(work: Path, key: str, result: dict) -> None:
 
 
 def table(results: dict) -> None:
-    print(
-        "| model | speaker similarity, codec target (mean ± sd over seeds) | raw target | identified | WER | ended |"
-    )
-    print("|---|---|---|---|---|---|")
+    """One row per model, its seeds' runs pooled (`score` runs with other seeds add to a model's row)."""
+    pooled: dict[str, list[dict]] = {}
     for key, r in results.items():
-        if key == "ceiling":
-            continue
-        per = r["per_seed"]
+        if key != "ceiling":
+            pooled.setdefault(key.split("@")[0], []).extend(r["per_seed"])
+    print("| model | seeds | speaker similarity, codec target: mean ± sd over seeds (each) | raw target "
+          "| identified: pooled (each seed) | WER | ended |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for name, per in pooled.items():
         sim = [p["similarity"] for p in per]
         ident = [p["identified"] for p in per]
-        print(f"| {key} | {np.mean(sim):.3f} ± {np.std(sim, ddof=1) if len(sim) > 1 else 0:.3f} "
-              f"({' / '.join(f'{s:.3f}' for s in sim)}) | {np.mean([p['similarity_raw'] for p in per]):.3f} | {' / '.join(f'{i:.3f}' for i in ident)} | "
-              f"{np.mean([p['wer'] for p in per]):.2f} | {sum(p['finished'] for p in per)}/{sum(p['sentences'] for p in per)} |")  # fmt: skip
+        n = sum(p["sentences"] for p in per)
+        print(f"| {name} | {len(per)} | {np.mean(sim):.3f} ± {np.std(sim, ddof=1) if len(sim) > 1 else 0:.3f} "
+              f"({' / '.join(f'{s:.3f}' for s in sim)}) | {np.mean([p['similarity_raw'] for p in per]):.3f} | "
+              f"{np.mean(ident):.3f} ({' / '.join(f'{i:.3f}' for i in ident)}) | "
+              f"{np.mean([p['wer'] for p in per]):.2f} | {sum(p['finished'] for p in per)}/{n} |")  # fmt: skip
     if "ceiling" in results:
         print(f"ceiling (the target's held-out clips through the codec): {results['ceiling']}")
 

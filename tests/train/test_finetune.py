@@ -188,7 +188,8 @@ def _rank(rank: int, world: int, port: int, s: FinetuneSettings) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+# fsdp's forked variant runs with the slow set (beside its torchrun test): the default run's time budget
+@pytest.mark.parametrize("kind", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_two_forked_ranks_follow_one_rank_with_twice_the_batch(kind, prepared, embedded_cache, tmp_path):
     """The fast variant of the torchrun test below: 3 steps, ranks forked from the test process; FSDP2 with
     gradient checkpointing too (recomputing a sharded layer must gather its weights again)."""
