@@ -60,6 +60,21 @@ def test_the_five_notebooks_are_there_and_stripped():
         assert "widgets" not in nb.metadata, f"{path.name}: widget state saved in git"
 
 
+def test_the_model_pick_takes_an_adapter_wherever_a_generator_is_built():
+    """`adapter_path=` in a notebook's OVERRIDES must reach every Generator built from the model pick (the
+    adapter merged at load, as the CLI does); 05 builds its own from the run it trains."""
+    picks = 0
+    for path in NOTEBOOKS[:4]:
+        cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        built = [c for c in cells if "Generator.from_paths(model_dir" in c]
+        if not built:
+            continue  # 01 uses the audio tokenizer only
+        picks += 1
+        assert "adapter_dir = cfg.adapter_path and ROOT / cfg.adapter_path" in cells[0], path.name
+        assert all("adapter_path=adapter_dir" in c for c in built), path.name
+    assert picks == 3
+
+
 def at_test_size(nb, tmp_path: Path) -> None:
     """05: the tiny sizes after the cell tagged "parameters", the checks at the end."""
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
