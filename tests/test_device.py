@@ -112,3 +112,23 @@ def test_npu_without_cann_is_not_available(monkeypatch, fake_npu):
     fake_npu.is_available = lambda: True
     assert not dev.npu_available()
     assert dev.pick_device() != torch.device("npu")
+
+
+def test_finetune_ranks_take_their_own_npu_and_hccl(fake_npu, monkeypatch):
+    """Under torchrun on an Ascend machine each rank trains on its LOCAL_RANK-th NPU and the group uses HCCL
+    (NCCL on GPUs, gloo on the CPU): nothing of the collective is home-made."""
+    import torch.distributed as dist
+
+    from higgslab.train import finetune
+
+    fake_npu.set_device = lambda index: fake_npu.calls.append(f"set_device {index}")
+    for key, value in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    backends = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: backends.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    ranks = finetune.start_distributed("ddp")
+    assert (ranks.rank, ranks.world, ranks.device) == (3, 4, torch.device("npu", 1))
+    assert backends == ["hccl"] and fake_npu.calls == ["set_device 1"]

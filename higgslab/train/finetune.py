@@ -38,6 +38,7 @@ from higgslab.train.examples import IGNORE, TrainExample, collate, loss_sums, re
 from higgslab.train.sync import barrier
 
 DISTRIBUTED = ("none", "ddp", "fsdp")
+COLLECTIVES = {"cuda": "nccl", "npu": "hccl"}  # each accelerator's torch.distributed backend; the CPU: gloo
 METHODS = ("lora", "audio", "full")  # methods.METHODS once helper C's module is merged
 LOG = "log.csv"
 
@@ -122,7 +123,7 @@ class Ranks:
 
 def start_distributed(kind: str) -> Ranks:
     """The process group `torchrun` describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL on
-    GPUs, gloo on the CPU. `kind="none"` is one process and refuses a multi-process launch."""
+    GPUs, HCCL on Ascend NPUs, gloo on the CPU. `kind="none"` is one process and refuses a multi-process launch."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -135,15 +136,20 @@ def start_distributed(kind: str) -> Ranks:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = _device(local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(COLLECTIVES.get(device.type, "gloo"))
     return Ranks(dist.get_rank(), dist.get_world_size(), device)
 
 
 def _device(local_rank: int) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    """This rank's accelerator in `device.pick_device`'s order (NPU, then GPU), else the CPU; Apple's MPS is
+    not used for training."""
+    from higgslab.device import _backend, pick_device
+
+    kind = pick_device("auto").type
+    if kind not in COLLECTIVES:
+        return torch.device("cpu")
+    _backend(torch.device(kind)).set_device(local_rank)
+    return torch.device(kind, local_rank)
 
 
 def _all_sum(values: torch.Tensor, ranks: Ranks) -> torch.Tensor:
@@ -264,7 +270,7 @@ def save_state(path: Path, module: nn.Module, optimizer, step: int, history: lis
     model_state, optim_state = get_state_dict(module, optimizer, options=_state_options(cpu_offload=True))
     if ranks.main:
         write_state(path, {"model": model_state, "optimizer": optim_state, "step": step, "history": history})
-    barrier(ranks.world)
+    barrier(ranks.world, ranks.device)
 
 
 def load_state(path: Path, module: nn.Module, optimizer) -> tuple[int, list]:
@@ -431,4 +437,4 @@ def _save_final(
     if ranks.main:
         path = save_model(model.eval(), s.method, out / "model", model_dir)
         print(f"wrote {path}")
-    barrier(ranks.world)
+    barrier(ranks.world, ranks.device)
