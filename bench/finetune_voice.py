@@ -46,9 +46,13 @@ def data(work: Path, minutes: float, held_out: int) -> None:
 
     held = [c.text for c in held_out_clips(held_out)]
     speak_folder(held, work / "heldout", VOICE, SPEED, PITCH)
-    texts = [t for t in make_sentences(4 * int(minutes * 20), TRAIN_SEED) if t not in set(held)]
+    texts = [t for t in make_sentences(max(20, int(minutes * 80)), TRAIN_SEED) if t not in set(held)]
     spoken, n = 0.0, 0
-    while spoken < 60 * minutes:  # speak in blocks until the minutes are there
+    while spoken < 60 * minutes:  # speak in blocks until the minutes are there (a clip is ~3 s: 20 a minute)
+        if n >= len(texts):
+            raise SystemExit(
+                f"{len(texts)} sentences gave only {spoken / 60:.1f} min of speech: lower --minutes"
+            )
         n += 20
         speak_folder(texts[:n], work / "train", VOICE, SPEED, PITCH)
         spoken = sum(sf.info(p).duration for p in (work / "train").glob("*.wav"))
