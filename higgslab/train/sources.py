@@ -259,11 +259,15 @@ def plan(data: Path) -> tuple[list[Example], list[dict]]:
             for name in ("speaker", "scene", "references"):
                 if not getattr(old, name):
                     setattr(old, name, getattr(ex, name))
-    for ex in sorted(by_id.values(), key=lambda e: e.id):
-        missing = [r for r in ex.references if r not in by_id]
-        if missing:
-            skipped.append(skip(ex.source, f"its reference {missing[0]!r} is not an example here"))
-            del by_id[ex.id]
+    dropped = True
+    while dropped:  # until settled: dropping an example drops whatever takes it as a reference
+        dropped = False
+        for ex in sorted(by_id.values(), key=lambda e: e.id):
+            missing = [r for r in ex.references if r not in by_id]
+            if missing:
+                skipped.append(skip(ex.source, f"its reference {missing[0]!r} is not an example here"))
+                del by_id[ex.id]
+                dropped = True
     for ex in by_id.values():
         ex.sha256 = sha256_of(ex.source)
     return sorted(by_id.values(), key=lambda e: e.id), skipped

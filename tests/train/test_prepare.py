@@ -450,3 +450,22 @@ def test_cli_bad_setting_is_one_line_and_exit_code_2(clips, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr == "error: too_long=no: takes skip | crop\n"
     assert not list(tmp_path.iterdir())
+
+
+def test_dropping_an_example_drops_the_ones_that_take_it_as_a_reference(tmp_path):
+    """a -> b -> (missing): b is skipped for its reference, and a for b, whatever the id order."""
+
+    from higgslab.train.sources import plan
+
+    for name, ref in [("a", "b"), ("b", "zz"), ("c", None)]:
+        (tmp_path / f"{name}.wav").write_bytes(b"not read by the plan")
+        (tmp_path / f"{name}.txt").write_text(f"Clip {name}.")
+        if ref:
+            (tmp_path / f"{name}.json").write_text(json.dumps({"reference": ref}))
+    examples, skipped = plan(tmp_path)
+    assert [e.id for e in examples] == ["c"]
+    reasons = {os.path.basename(s["source"]).removesuffix(".wav"): s["reason"] for s in skipped}
+    assert reasons == {
+        "a": "its reference 'b' is not an example here",
+        "b": "its reference 'zz' is not an example here",
+    }
