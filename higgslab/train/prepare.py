@@ -43,7 +43,7 @@ import torch
 from omegaconf import DictConfig
 
 from higgslab.errors import HiggsLabError
-from higgslab.train.sources import Example, plan, skip
+from higgslab.train.sources import Example, drop_missing_references, plan, skip
 from higgslab.train.sync import barrier
 
 VERSION = 2  # of prepared.json and the manifest (2: a list of references per example)
@@ -270,12 +270,7 @@ def write_manifest(out: Path, examples: list[Example], skipped: list[dict], toke
 
     done = done_codes(read_shards(out))
     kept = {ex.id: ex for ex in examples if (ex.id, ex.sha256) in done}
-    lost = True
-    while lost:  # an example whose reference was skipped goes too (and then whatever references it)
-        lost = {ex.id: [r for r in ex.references if r not in kept] for ex in kept.values()}
-        lost = {i: missing for i, missing in lost.items() if missing}
-        for i, missing in lost.items():
-            skipped.append(skip(kept.pop(i).source, f"its reference {missing[0]!r} was skipped"))
+    skipped = skipped + drop_missing_references(kept, "was skipped")
     lines, cropped, frames = [], [], 0
     for ex in kept.values():
         shard, entry = done[ex.id, ex.sha256]

@@ -236,6 +236,17 @@ def scene_of(system: str) -> str | None:
     return found[1]
 
 
+def drop_missing_references(kept: dict[str, Example], reason: str) -> list[dict]:
+    """Remove from `kept` (id -> example) every example with a reference not in it, until none is left
+    (dropping one drops whatever takes it as a reference); returns their skip lines, "its reference 'x'
+    {reason}"."""
+    skipped = []
+    while lost := {i: m for i, ex in kept.items() if (m := [r for r in ex.references if r not in kept])}:
+        for i, missing in lost.items():
+            skipped.append(skip(kept.pop(i).source, f"its reference {missing[0]!r} {reason}"))
+    return skipped
+
+
 def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -259,15 +270,7 @@ def plan(data: Path) -> tuple[list[Example], list[dict]]:
             for name in ("speaker", "scene", "references"):
                 if not getattr(old, name):
                     setattr(old, name, getattr(ex, name))
-    dropped = True
-    while dropped:  # until settled: dropping an example drops whatever takes it as a reference
-        dropped = False
-        for ex in sorted(by_id.values(), key=lambda e: e.id):
-            missing = [r for r in ex.references if r not in by_id]
-            if missing:
-                skipped.append(skip(ex.source, f"its reference {missing[0]!r} is not an example here"))
-                del by_id[ex.id]
-                dropped = True
+    skipped += drop_missing_references(by_id, "is not an example here")
     for ex in by_id.values():
         ex.sha256 = sha256_of(ex.source)
     return sorted(by_id.values(), key=lambda e: e.id), skipped
