@@ -107,7 +107,7 @@ def write_prepared(out: Path, model_dir: Path, n: int, seq: int) -> Path:
     (out / "shards").mkdir(parents=True)
     save_file({k: c.to(torch.int16) for k, c in codes.items()}, out / "shards/00000.safetensors")
     (out / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in manifest))
-    info = {"version": 1, "n_q": config.num_codebooks, "codebook_size": config.codebook_size}
+    info = {"version": 2, "n_q": config.num_codebooks, "codebook_size": config.codebook_size}
     (out / "prepared.json").write_text(json.dumps(info))
     return out
 
