@@ -38,6 +38,9 @@ def check_config(cfg: DictConfig) -> None:
         from higgslab.io.adapter import check_adapter_dir
 
         check_adapter_dir(cfg.adapter_path)
+    from higgslab.generate.settings import check_model_settings
+
+    check_model_settings(cfg)
     if cfg.ref_audio is not None and not Path(cfg.ref_audio).is_file():
         raise HiggsLabError(f"ref_audio {cfg.ref_audio}: no such file")
     if cfg.mode == "quality" and quality.missing():
@@ -57,6 +60,7 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     from higgslab.eval.precision import run_precision
     from higgslab.eval.report import new_run_dir, overall_passed, plot_report, summary_table, write_report
     from higgslab.generate.generator import Generator
+    from higgslab.model.quant import spec_of
 
     check_config(cfg)
     created = datetime.now()
@@ -65,7 +69,14 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         raise HiggsLabError("eval needs an audio tokenizer to check audio: pass tokenizer_path=...")
     # eager: a compiled step's warm-up would land in the timed runs of performance mode
     gen = Generator.from_paths(
-        model_path, tokenizer_path, device=cfg.device, adapter_path=cfg.adapter_path, compile=False
+        model_path,
+        tokenizer_path,
+        device=cfg.device,
+        adapter_path=cfg.adapter_path,
+        quantize=cfg.quantize,
+        group_size=cfg.group_size,
+        tokenizer_device=cfg.tokenizer_device,
+        compile=False,
     )
     if cfg.adapter_path is not None:
         label += f" + LoRA adapter {cfg.adapter_path}"
@@ -85,6 +96,7 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
             "model_path": str(model_path),
             "tokenizer_path": str(tokenizer_path),
             "adapter_path": cfg.adapter_path,
+            "quantize": None if spec_of(gen.model) is None else spec_of(gen.model).method,
             "parameters": gen.model.num_parameters(text_head=False),
             "dtype": str(gen.model.dtype).removeprefix("torch."),
             "device": str(gen.model.device),

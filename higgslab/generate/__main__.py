@@ -43,6 +43,7 @@ def run(cfg: DictConfig) -> int:
 
     from higgslab.generate.generator import Generator
     from higgslab.io.audio import write_wav
+    from higgslab.model.quant import spec_of
 
     s = settings_from(cfg)
     seed = s.seed
@@ -54,12 +55,21 @@ def run(cfg: DictConfig) -> int:
     path = output_path(s.output_dir, seed, s.overwrite, s.chunk_files)
 
     gen = Generator.from_pretrained(
-        s.model_path, s.tokenizer_path, device=s.device, adapter_path=s.adapter_path, compile=s.compile
+        s.model_path,
+        s.tokenizer_path,
+        device=s.device,
+        adapter_path=s.adapter_path,
+        quantize=s.quantize,
+        group_size=s.group_size,
+        tokenizer_device=s.tokenizer_device,
+        compile=s.compile,
     )
     n = gen.model.num_parameters(text_head=False)
     print(f"model: {gen.label}")
     size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-    print(f"device: {gen.model.device} ({gen.model.dtype}), parameters: {size} ({n:,})")
+    quant = spec_of(gen.model)
+    weights = "" if quant is None else f", decoder layers {quant.method}"
+    print(f"device: {gen.model.device} ({gen.model.dtype}{weights}), parameters: {size} ({n:,})")
     cfg_scale = gen.cfg_scale if s.cfg_scale is None else s.cfg_scale
     if cfg_scale != 1:
         print(f"classifier-free guidance {cfg_scale:g}")

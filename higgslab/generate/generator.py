@@ -134,10 +134,15 @@ class Generator:
         tokenizer_path: str | Path | None = None,
         device: str = "auto",
         adapter_path: str | Path | None = None,
+        quantize: str | None = None,
+        group_size: int | None = None,
+        tokenizer_device: str | None = None,
         **kw,
     ) -> Generator:
         """Load LM (with the LoRA adapter at `adapter_path` merged into it), text tokenizer (from the LM's
-        directory) and audio tokenizer onto one device; the checkpoint's `generation_config.json`
+        directory) and audio tokenizer onto `device` (the audio tokenizer onto `tokenizer_device` when
+        given, e.g. "cpu" beside an LM on a small GPU). `quantize`: weight-only "int8" | "int4" (`group_size`)
+        | "none" | None (as the checkpoint is): `higgslab.io.load.load_model`. The checkpoint's `generation_config.json`
         `guidance_scale`, if any, becomes the default `cfg_scale`, and its "higgslab_long_form" the
         `long_form` defaults."""
         import json
@@ -147,13 +152,22 @@ class Generator:
         from higgslab.io.text_tokenizer import load_text_tokenizer
 
         dev = pick_device(device)
-        model = load_model(model_path, device=dev, dtype=default_dtype(dev), adapter_path=adapter_path)
+        tok_dev = dev if tokenizer_device is None else pick_device(tokenizer_device)
+        model = load_model(
+            model_path,
+            device=dev,
+            dtype=default_dtype(dev),
+            adapter_path=adapter_path,
+            quantize=quantize,
+            group_size=group_size,
+            text_head=False,  # generation never reads it (0.8 GB in bf16 at real size)
+        )
         text_tok = load_text_tokenizer(model_path)
         audio_tok = None
         if tokenizer_path is not None:
             from higgslab.io.load import load_tokenizer
 
-            audio_tok = load_tokenizer(tokenizer_path, device=dev)
+            audio_tok = load_tokenizer(tokenizer_path, device=tok_dev)
         generation = Path(model_path) / "generation_config.json"
         if generation.is_file():
             defaults = json.loads(generation.read_text())

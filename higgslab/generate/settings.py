@@ -81,6 +81,9 @@ class GenerateSettings:
     model_path: str | None
     tokenizer_path: str | None
     adapter_path: str | None
+    quantize: str | None
+    group_size: int
+    tokenizer_device: str | None
     device: str
     compile: Any  # auto | true | false | a torch.compile mode
     output_dir: str
@@ -149,7 +152,6 @@ def _typed(cfg: DictConfig) -> GenerateSettings:
 
 # ---- ranges ---------------------------------------------------------------------------------------------
 def _check_ranges(s: GenerateSettings) -> None:
-    from higgslab.device import pick_device
     from higgslab.generate.sampling import SamplingSettings
 
     SamplingSettings(s.temperature, s.top_k, s.top_p, s.ras_window, s.ras_max_repeat,
@@ -169,7 +171,19 @@ def _check_ranges(s: GenerateSettings) -> None:
     for key, choices in (("chunk_method", CHUNK_METHODS), ("ref_too_long", REF_TOO_LONG)):
         if getattr(s, key) not in choices:
             raise HiggsLabError(f"{key}={getattr(s, key)}: takes {' | '.join(choices)}")
-    pick_device(s.device)  # an unknown or absent device is one line here, not after the files are read
+    check_model_settings(s)
+
+
+def check_model_settings(s) -> None:
+    """device, quantize, group_size and tokenizer_device of a settings object (generate, eval): one line
+    for an unknown or absent device, an unknown quantization, int4 where torch has no kernel for it."""
+    from higgslab.device import pick_device
+    from higgslab.model.quant import QuantSpec, check_device
+
+    device = pick_device(s.device)  # here, not after the files are read
+    check_device(QuantSpec.parse(s.quantize, s.group_size), device)
+    if s.tokenizer_device is not None:
+        pick_device(s.tokenizer_device)
 
 
 # ---- combinations that would be ignored ---------------------------------------------------------------

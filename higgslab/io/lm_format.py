@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -72,36 +73,81 @@ def weight_files(directory: Path) -> tuple[list[Path], dict[str, str] | None]:
     raise HiggsLabError(f"{directory}: no model.safetensors or {INDEX}")
 
 
-def read_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """All tensors of a checkpoint with their on-disk keys, merged and filtered; and which file held each.
+# safetensors' dtype names (the header's) -> torch's
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
 
-    Split `*_frozen`/`*_trainable` halves are concatenated on dim 0; ignorable buffers are dropped.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
+@dataclass(frozen=True)
+class TensorRef:
+    """A checkpoint tensor not read yet: shape and dtype from its file's header; `load()` reads it.
+
+    Loading reads tensor by tensor, so a model is built without a second copy of its weights in memory
+    (safetensors maps the file: a tensor's pages are read when touched and let go with the tensor)."""
+
+    parts: tuple[tuple[Path, str], ...]  # (file, key); a split tensor's halves, concatenated on dim 0
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def load(self) -> torch.Tensor:
+        from safetensors import SafetensorError, safe_open
+
+        loaded = []
+        for f, key in self.parts:
+            try:
+                with safe_open(f, "pt") as handle:
+                    loaded.append(handle.get_tensor(key))
+            except (SafetensorError, OSError) as e:
+                raise HiggsLabError(f"{f}: unreadable tensor {key} ({e})") from None
+        return loaded[0] if len(loaded) == 1 else torch.cat(loaded)
+
+
+def _header(f: Path) -> dict[str, TensorRef]:
+    """The tensors one safetensors file holds, from its header (checked whole by safetensors: a truncated
+    file is refused here, before any tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(f, "pt") as handle:
+            slices = {k: handle.get_slice(k) for k in handle.keys()}
+            return {
+                k: TensorRef(((f, k),), tuple(s.get_shape()), DTYPES[s.get_dtype()])
+                for k, s in slices.items()
+            }
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise HiggsLabError(f"{f}: unreadable safetensors file ({e})") from None
+
+
+def open_weights(directory: str | Path) -> tuple[dict[str, TensorRef], dict[str, Path]]:
+    """Every tensor of a checkpoint, unread, under its on-disk key, merged and filtered; and which file
+    holds each. Split `*_frozen`/`*_trainable` halves become one tensor; ignorable buffers are dropped."""
     directory = Path(directory)
     files, weight_map = weight_files(directory)
-    tensors: dict[str, torch.Tensor] = {}
+    refs: dict[str, TensorRef] = {}
     origin: dict[str, Path] = {}
     for f in files:
-        try:
-            part = load_file(f)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise HiggsLabError(f"{f}: unreadable safetensors file ({e})") from None
-        for k, v in part.items():
+        for k, ref in _header(f).items():
             if weight_map is not None and weight_map.get(k) != f.name:
                 raise HiggsLabError(f"{f}: holds {k}, which {INDEX} does not place in that file")
-            tensors[k], origin[k] = v, f
-    if weight_map is not None and (absent := sorted(set(weight_map) - set(tensors))):
+            refs[k], origin[k] = ref, f
+    if weight_map is not None and (absent := sorted(set(weight_map) - set(refs))):
         raise HiggsLabError(f"{directory / INDEX}: lists {absent[0]}, which no shard holds")
-    return _merge_splits(tensors, origin)
+    return _merge_splits(refs, origin)
 
 
-def _merge_splits(tensors, origin):
-    halves: dict[str, dict[str, torch.Tensor]] = {}
+def read_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """`open_weights`, every tensor read."""
+    refs, origin = open_weights(directory)
+    return {k: ref.load() for k, ref in refs.items()}, origin
+
+
+def _merge_splits(refs: dict[str, TensorRef], origin):
+    halves: dict[str, dict[str, TensorRef]] = {}
     out, where = {}, {}
-    for k, v in tensors.items():
+    for k, v in refs.items():
         if IGNORED.search(k):
             continue
         if m := SPLIT.match(k):
@@ -112,7 +158,9 @@ def _merge_splits(tensors, origin):
     for k, parts in halves.items():
         if set(parts) != {"frozen", "trainable"}:
             raise HiggsLabError(f"{where[k]}: {k} is split but only its {next(iter(parts))} half is there")
-        out[k] = torch.cat([parts["frozen"], parts["trainable"]], dim=0)
+        frozen, trainable = parts["frozen"], parts["trainable"]
+        shape = (frozen.shape[0] + trainable.shape[0], *frozen.shape[1:])
+        out[k] = TensorRef(frozen.parts + trainable.parts, shape, frozen.dtype)
     return out, where
 
 
@@ -121,29 +169,39 @@ def layout_of(keys) -> str:
     return "transformers" if any(k.startswith("model.") for k in keys) else "original"
 
 
-def read_checkpoint(path: str | Path) -> tuple[HiggsConfig, dict[str, torch.Tensor], dict[str, Path]]:
-    """Config, tensors under our names, and the file each came from."""
+def open_checkpoint(path: str | Path) -> tuple[HiggsConfig, dict[str, TensorRef], dict[str, Path]]:
+    """Config, the tensors (unread) under our names, and the file each is in."""
     path = Path(path)
     if not path.is_dir():
         raise HiggsLabError(f"{path}: no such checkpoint directory")
     config = HiggsConfig.from_file(path / "config.json")
-    tensors, origin = read_weights(path)
-    fmt = layout_of(tensors)
+    refs, origin = open_weights(path)
+    fmt = layout_of(refs)
     if fmt != config.source_format:
         raise HiggsLabError(
             f"{path}: tensors are in the {fmt} layout but config.json is the {config.source_format} one"
         )
     rules = KEY_RULES[fmt]
-    ours = {to_ours(k, rules): v for k, v in tensors.items()}
-    where = {to_ours(k, rules): f for k, f in origin.items()}
-    return config, ours, where
+    return (
+        config,
+        {to_ours(k, rules): v for k, v in refs.items()},
+        {to_ours(k, rules): f for k, f in origin.items()},
+    )
+
+
+def read_checkpoint(path: str | Path) -> tuple[HiggsConfig, dict[str, torch.Tensor], dict[str, Path]]:
+    """`open_checkpoint`, every tensor read."""
+    config, refs, where = open_checkpoint(path)
+    return config, {k: ref.load() for k, ref in refs.items()}, where
 
 
 def check_state_dict(
     model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: dict[str, Path], fmt: str
 ):
-    """Strict key and shape check; the error names the file and the key (in the file's own naming)."""
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    """Strict key and shape check, and dtype for integer tensors (quantized weights); the error names the
+    file and the key (in the file's own naming)."""
+    state = model.state_dict()
+    expected = {k: v.shape for k, v in state.items()}
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise HiggsLabError(
@@ -157,6 +215,10 @@ def check_state_dict(
             raise HiggsLabError(
                 f"{where[k]}: tensor {to_disk(k, KEY_RULES[fmt])} has shape {tuple(v.shape)}, "
                 f"the config asks for {tuple(expected[k])}"
+            )
+        if not state[k].is_floating_point() and v.dtype != state[k].dtype:
+            raise HiggsLabError(
+                f"{where[k]}: tensor {to_disk(k, KEY_RULES[fmt])} is {v.dtype}, the model asks for {state[k].dtype}"
             )
 
 

@@ -16,7 +16,16 @@ from pathlib import Path
 import torch
 
 from higgslab.device import pick_device
+from higgslab.errors import HiggsLabError
 from higgslab.io import codec_format, lm_format
+from higgslab.model.quant import (
+    QuantLinear,
+    QuantSpec,
+    check_device,
+    quantize_model,
+    quantized_linears,
+    replace_linears,
+)
 
 
 def load_model(
@@ -24,28 +33,99 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     adapter_path: str | Path | None = None,
+    quantize: str | QuantSpec | None = None,
+    group_size: int | None = None,
+    text_head: bool | None = None,
 ):
     """Load an LM checkpoint directory in either layout -> `HiggsAudioModel` in eval mode.
 
-    `dtype` defaults to the checkpoint's (bf16 for the real weights). The text head is built when the
-    checkpoint has one. `adapter_path`: a PEFT LoRA adapter directory, merged into the weights
-    (`higgslab.io.adapter.load_adapter`): plain Linear layers, decode at the base model's speed.
+    `dtype` defaults to the checkpoint's (bf16 for the real weights). `text_head`: build the text head
+    (None: when the checkpoint has one; generation never reads it). `adapter_path`: a PEFT LoRA adapter
+    directory, merged into the weights (`higgslab.io.adapter.load_adapter`): plain Linear layers, decode
+    at the base model's speed. `quantize`: "int8" | "int4" (`group_size` inputs per scale, default 128) |
+    "none" | None (as the checkpoint is: a quantized checkpoint, `python -m higgslab.quantize`, loads
+    quantized); weight-only, the decoder layers' Linears (`higgslab.model.quant`).
+
+    The tensors are read one module at a time, cast (and quantized) and placed on `device` as they come,
+    into a model built on the meta device: peak memory stays near the final model's size.
     """
     from higgslab.model.lm import HiggsAudioModel
 
-    device = pick_device(str(device))  # an unavailable device is one line, before anything is read
-    config, tensors, where = lm_format.read_checkpoint(path)
+    spec = QuantSpec.parse(quantize, group_size)  # bad settings are one line, before anything is read
+    device = pick_device(str(device))
+    check_device(spec, device)
+    config, refs, where = lm_format.open_checkpoint(path)
+    saved = _saved_spec(Path(path), spec)
+    if adapter_path is not None and saved is not None:
+        raise HiggsLabError(
+            f"{path}: a {saved.method} checkpoint takes no adapter: merge it into the float original, then quantize"
+        )
+    has_text_head = "text_head.weight" in refs
+    if text_head and not has_text_head:
+        raise HiggsLabError(f"{path}: the checkpoint has no text head")
+    keep_text_head = has_text_head if text_head is None else text_head
+    if not keep_text_head:
+        refs.pop("text_head.weight", None)
     with torch.device("meta"):
-        model = HiggsAudioModel(config, text_head="text_head.weight" in tensors)
-    lm_format.check_state_dict(model, tensors, where, config.source_format)
-    dtype = dtype or tensors["embed_tokens.weight"].dtype
-    model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=True)
+        model = HiggsAudioModel(config, text_head=keep_text_head)
+    dtype = dtype or refs["embed_tokens.weight"].dtype
+    quant = saved or (spec if spec is not None and spec.active and adapter_path is None else None)
+    if quant is not None:
+        quant.check_shapes([m.in_features for m in quantized_linears(model).values()], str(path))
+    if saved is not None:
+        replace_linears(model, saved, dtype)  # the checkpoint holds the quantized tensors
+    lm_format.check_state_dict(model, refs, where, config.source_format)
+    if quant is not None and saved is None:
+        replace_linears(model, quant, dtype)  # float tensors in, quantized as they are read
+    _assign(model, refs, dtype, device)
     model.materialize_buffers()
     if adapter_path is not None:
         from higgslab.io.adapter import load_adapter
 
         load_adapter(model, adapter_path)
-    return model.to(device).eval()
+        if spec is not None and spec.active:
+            quantize_model(model, spec)  # after the merge: the adapter's delta is quantized with the weights
+    return model.eval()
+
+
+def _saved_spec(path: Path, asked: QuantSpec | None) -> QuantSpec | None:
+    """The checkpoint's own quantization, refused with one line when `asked` is another."""
+    saved = QuantSpec.read(path)
+    if saved is not None and asked is not None and asked != saved:
+        group = f" (group_size {saved.group_size})" if saved.method == "int4" else ""
+        raise HiggsLabError(
+            f"{path}: is quantized {saved.method}{group}, not {asked.method}"
+            + (f" (group_size {asked.group_size})" if asked.method == "int4" else "")
+            + ": load it as it is (quantize=null) or quantize its float original"
+        )
+    return saved
+
+
+def _assign(model: torch.nn.Module, refs: dict, dtype: torch.dtype, device: torch.device) -> None:
+    """Read the checkpoint module by module into the meta-built `model`: floating tensors cast to `dtype`,
+    all moved to `device`; a `QuantLinear` takes its float weight (quantized here) or its saved tensors."""
+    by_module: dict[str, dict[str, object]] = {}
+    for key, ref in refs.items():
+        owner, _, name = key.rpartition(".")
+        by_module.setdefault(owner, {})[name] = ref
+    for owner, named in by_module.items():
+        module = model.get_submodule(owner)
+        tensors = {}
+        for name, ref in named.items():
+            t = ref.load()
+            tensors[name] = t.to(device, dtype if t.is_floating_point() else t.dtype)
+            del t
+        if isinstance(module, QuantLinear):
+            if "weight" in tensors:
+                module.set_weight(tensors["weight"])
+            else:
+                module.set_portable(tensors)
+            continue
+        for name, t in tensors.items():
+            if name in module._parameters:
+                module._parameters[name] = torch.nn.Parameter(t, module._parameters[name].requires_grad)
+            else:
+                module._buffers[name] = t
 
 
 def load_tokenizer(path: str | Path, device: str | torch.device = "cpu"):

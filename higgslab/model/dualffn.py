@@ -87,7 +87,9 @@ _CACHE_KWARG = (
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """`layer(x)` for 2-D `x`: a bare matmul against the weight's transposed view (F.linear's 3-D
-    handling costs more than the product itself at decode-step sizes)."""
+    handling costs more than the product itself at decode-step sizes). Quantized layers run their kernel."""
+    if not isinstance(layer, nn.Linear):
+        return layer(x)
     if layer.bias is not None:
         return F.linear(x, layer.weight, layer.bias)
     return torch.mm(x, layer.weight.t())

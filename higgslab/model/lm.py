@@ -21,6 +21,7 @@ from higgslab.config import HiggsConfig
 from higgslab.errors import HiggsLabError
 from higgslab.model.cache import StaticKVCache
 from higgslab.model.dualffn import AttentionMasks, DualFFNLayer, Route
+from higgslab.model.quant import QuantLinear
 
 
 @dataclass
@@ -95,7 +96,9 @@ class HiggsAudioModel(nn.Module):
         self.codebook_offsets = torch.arange(c.num_codebooks, device=self.device) * c.codebook_entries
 
     def num_parameters(self, text_head: bool = True) -> int:
+        """The model's weights counted as the float model's (a quantized Linear counts its `[N, K]`)."""
         n = sum(p.numel() for p in self.parameters())
+        n += sum(m.in_features * m.out_features for m in self.modules() if isinstance(m, QuantLinear))
         return n if text_head or self.text_head is None else n - self.text_head.weight.numel()
 
     # ---- full forward ------------------------------------------------------------------------------------

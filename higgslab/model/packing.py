@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from higgslab.model.quant import QuantLinear
+
 
 @dataclass
 class PackedProjections:
@@ -74,9 +76,11 @@ def _is_current(layer: nn.Module) -> bool:
 
 
 def packable(layer: nn.Module) -> bool:
-    """DualFFN layers without biases (the Higgs layout); others keep their modules' own layout."""
+    """DualFFN layers without biases (the Higgs layout), not quantized; others keep their modules' own layout."""
     if getattr(layer, "kind", None) != "dual_ffn":
         return False
+    if any(isinstance(m, QuantLinear) for m in layer.modules()):
+        return False  # quantized weights run in their own kernels
     linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
     return all(lin.bias is None for lin in linears)
 

@@ -63,6 +63,9 @@ class PrepareSettings:
     too_long: str
     shard_examples: int
     device: str
+    quantize: str | None  # the model group's LM settings: prepare loads no LM, so they must stay unset
+    group_size: int
+    tokenizer_device: str | None
 
 
 def settings_from(cfg: DictConfig) -> PrepareSettings:
@@ -80,6 +83,11 @@ def settings_from(cfg: DictConfig) -> PrepareSettings:
     if s.model_path is not None and s.tokenizer_path is None:
         raise HiggsLabError("tokenizer_path is needed with model_path: the audio tokenizer makes the codes")
     pick_device(s.device)
+    for key in ("quantize", "tokenizer_device"):
+        if getattr(s, key) is not None:
+            raise HiggsLabError(
+                f"{key}={getattr(s, key)}: prepare loads no LM (the tokenizer runs on device=)"
+            )
     data = Path(s.data)
     if not (data.is_dir() or (data.is_file() and data.suffix == ".jsonl")):
         what = "no such file or folder" if not data.exists() else "not a folder or a .jsonl file"

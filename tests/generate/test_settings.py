@@ -210,7 +210,9 @@ class FakeGenerator:
     label = "stand-in"
     cfg_scale = 1.0
     config = SimpleNamespace(num_codebooks=8)
-    model = SimpleNamespace(num_parameters=lambda text_head: 1_000_000, device="cpu", dtype="float32")
+    model = SimpleNamespace(
+        num_parameters=lambda text_head: 1_000_000, device="cpu", dtype="float32", modules=lambda: []
+    )
 
     def __init__(self, chunks):
         self.chunks, self.calls = chunks, []
