@@ -74,7 +74,10 @@ def load_model(
         quant.check_shapes([m.in_features for m in quantized_linears(model).values()], str(path))
     if saved is not None:
         replace_linears(model, saved, dtype)  # the checkpoint holds the quantized tensors
-    lm_format.check_state_dict(model, refs, where, config.source_format)
+    try:
+        lm_format.check_state_dict(model, refs, where, config.source_format)
+    except HiggsLabError as e:
+        raise HiggsLabError(f"{e}{_says(saved)}") from None
     if quant is not None and saved is None:
         replace_linears(model, quant, dtype)  # float tensors in, quantized as they are read
     _assign(model, refs, dtype, device)
@@ -99,6 +102,13 @@ def _saved_spec(path: Path, asked: QuantSpec | None) -> QuantSpec | None:
             + ": load it as it is (quantize=null) or quantize its float original"
         )
     return saved
+
+
+def _says(saved: QuantSpec | None) -> str:
+    if saved is None:
+        return ""
+    group = f" (group_size {saved.group_size})" if saved.method == "int4" else ""
+    return f": its quantization.json says {saved.method}{group}"
 
 
 def _assign(model: torch.nn.Module, refs: dict, dtype: torch.dtype, device: torch.device) -> None:

@@ -138,6 +138,13 @@ def quantize_int4(w: torch.Tensor, group_size: int, dtype: torch.dtype) -> dict[
     }
 
 
+def quantize_weight(w: torch.Tensor, spec: QuantSpec, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A float `[N, K]` weight as `spec`'s portable tensors, scales in `dtype`."""
+    if spec.method == "int8":
+        return quantize_int8(w, dtype)
+    return quantize_int4(w, spec.group_size, dtype)
+
+
 def dequantize(method: str, t: dict[str, torch.Tensor]) -> torch.Tensor:
     """The float32 `[N, K]` weight that the portable tensors `t` stand for (the reference numerics)."""
     if method == "int8":
@@ -175,10 +182,7 @@ class QuantLinear(nn.Module):
 
     def set_weight(self, weight: torch.Tensor) -> None:
         """Quantize a float `[N, K]` weight into this layer (on the weight's device)."""
-        if self.method == "int8":
-            self.set_portable(quantize_int8(weight, self.compute_dtype))
-        else:
-            self.set_portable(quantize_int4(weight, self.group_size, self.compute_dtype))
+        self.set_portable(quantize_weight(weight, self.spec, self.compute_dtype))
 
     def set_portable(self, t: dict[str, torch.Tensor]) -> None:
         """Take the portable tensors (`state_dict()`'s), packing int4 for their device's kernel."""
