@@ -1,18 +1,21 @@
 """Weight-only int8 / int4 linear layers for the LM's decoder layers.
 
 A decode step reads every weight once per token, so its speed on a CPU (and its memory anywhere) is the
-bytes of the weights: int8 halves them, int4 quarters them. The activations stay in the compute dtype.
+bytes of the weights: int8 halves them, int4 quarters them. Everything else stays in the compute dtype.
 
-    int8  per output channel, symmetric: w ≈ q · scale,                q ∈ [-128, 127], scale [N]
+    int8  per output channel, symmetric: w ≈ q · scale,                q ∈ [-127, 127], scale [N]
     int4  per group of `group_size` inputs, asymmetric (tinygemm's):   w ≈ (q - 8) · scale + zero,
           q ∈ [0, 15], scale and zero [K / group_size, N]
 
-These are torchao's int8 weight-only and int4 "tinygemm" formats. The products run in torch's own fused
+These are the layouts of torchao's int8 weight-only and int4 "tinygemm" formats. The products run in torch's own fused
 kernels, picked by what the device has (`kernels`): on the CPU `aten._weight_int8pack_mm` and
 `aten._weight_int4pack_mm_for_cpu`; on CUDA `aten._weight_int4pack_mm`. torchao's own tensor subclasses
 are not used: eagerly its int8 runs 15× slower than bf16 on the CPU, and its int4 has no CPU layout
 (issue 21). A device without an int8 kernel multiplies by the int8 weight cast on the fly (memory saved,
-not time); int4 without a kernel is refused.
+not time); int4 without a kernel is refused. The kernels take bfloat16 (or float16) activations: torch's CPU
+kernels are vectorised for those and not for float32 (bench/RESULTS.md), so a float32 model's quantized
+products round their inputs to bfloat16 and cast the outputs back; scales and zeros are stored in that
+`kernel_dtype` and the integers are chosen against exactly those scales.
 
 On disk and in `state_dict()` a quantized Linear is its portable tensors: int8 `qweight` int8 `[N, K]` +
 `scale` `[N]`; int4 `qweight` uint8 `[N, K / 2]` (even input in the high nibble) + `scales_and_zeros`
@@ -114,16 +117,25 @@ def check_device(spec: QuantSpec | None, device: torch.device) -> None:
         raise HiggsLabError(f"quantize=int4: torch has no int4 kernel for {device.type}; use int8 or none")
 
 
+def kernel_dtype(compute_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a quantized product's activations, scales and zeros: float16 for float16 models,
+    else bfloat16."""
+    return torch.float16 if compute_dtype == torch.float16 else torch.bfloat16
+
+
 # ---- quantizing ------------------------------------------------------------------------------------------
-def quantize_int8(w: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def quantize_int8(w: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
     """`w` `[N, K]` -> `qweight` int8 `[N, K]`, `scale` `[N]` in `dtype` (the values the kernel uses)."""
     w = w.float()
-    scale = (w.abs().amax(1) / 127.5).clamp(min=torch.finfo(torch.float32).tiny).to(dtype)
-    q = torch.round(w / scale.float()[:, None]).clamp(-128, 127).to(torch.int8)
+    # absmax / 127: the scale's rounding to `dtype` (2^-9 at most) cannot push a weight past ±127.5
+    scale = (w.abs().amax(1) / 127).clamp(min=torch.finfo(torch.float32).tiny).to(dtype)
+    q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
     return {"qweight": q, "scale": scale}
 
 
-def quantize_int4(w: torch.Tensor, group_size: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def quantize_int4(
+    w: torch.Tensor, group_size: int, dtype: torch.dtype = torch.bfloat16
+) -> dict[str, torch.Tensor]:
     """`w` `[N, K]` -> `qweight` uint8 `[N, K / 2]`, `scales_and_zeros` `[K / group_size, N, 2]` in `dtype`."""
     N, K = w.shape
     g = w.float().reshape(N, K // group_size, group_size)
@@ -138,11 +150,11 @@ def quantize_int4(w: torch.Tensor, group_size: int, dtype: torch.dtype) -> dict[
     }
 
 
-def quantize_weight(w: torch.Tensor, spec: QuantSpec, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """A float `[N, K]` weight as `spec`'s portable tensors, scales in `dtype`."""
+def quantize_weight(w: torch.Tensor, spec: QuantSpec, compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A float `[N, K]` weight as `spec`'s portable tensors for a model in `compute_dtype`."""
     if spec.method == "int8":
-        return quantize_int8(w, dtype)
-    return quantize_int4(w, spec.group_size, dtype)
+        return quantize_int8(w, kernel_dtype(compute_dtype))
+    return quantize_int4(w, spec.group_size, kernel_dtype(compute_dtype))
 
 
 def dequantize(method: str, t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -164,10 +176,16 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.spec = in_features, out_features, spec
         self.method, self.group_size = spec.method, spec.group_size
-        self.compute_dtype = dtype
+        self.compute_dtype, self.kernel_dtype = dtype, kernel_dtype(dtype)
         # empty portable tensors (int4: the device kernel's packed layout once on a device with one)
         for name, shape in portable_shapes(in_features, out_features, spec).items():
-            kind = dtype if name != "qweight" else torch.int8 if self.method == "int8" else torch.uint8
+            kind = (
+                self.kernel_dtype
+                if name != "qweight"
+                else torch.int8
+                if self.method == "int8"
+                else torch.uint8
+            )
             self.register_buffer(name, torch.empty(shape, dtype=kind, device=device))
         self._packed_for: str | None = None  # int4: the kernel family `qweight` is packed for
         self._int8_kernel = False  # int8: the weights' device has the fused kernel (not looked up in forward)
@@ -188,7 +206,7 @@ class QuantLinear(nn.Module):
         """Take the portable tensors (`state_dict()`'s), packing int4 for their device's kernel."""
         for name, v in t.items():
             if name != "qweight":
-                v = v.to(self.compute_dtype)
+                v = v.to(self.kernel_dtype)
             setattr(self, name, v)
         self._packed_for = None
         self._placed()
@@ -226,7 +244,7 @@ class QuantLinear(nn.Module):
         if self._packed_for is None:
             return self.qweight
         K = self.in_features
-        eye = torch.eye(K, dtype=self.compute_dtype, device=self.qweight.device)
+        eye = torch.eye(K, dtype=self.kernel_dtype, device=self.qweight.device)
         unit = torch.zeros_like(self.scales_and_zeros)
         unit[..., 0], unit[..., 1] = 1, 8
         q = self._int4_mm(eye, unit).t().round().to(torch.uint8)  # [N, K]
@@ -246,23 +264,26 @@ class QuantLinear(nn.Module):
             if fn(probe).device != probe.device:
                 self.qweight, self._packed_for = self.portable()["qweight"], None
         super()._apply(fn, recurse)
-        self.compute_dtype = (self.scale if self.method == "int8" else self.scales_and_zeros).dtype
+        # a cast of the model (`.float()`, `.to(dtype)`) reached the scales: it names the new compute dtype
+        name = "scale" if self.method == "int8" else "scales_and_zeros"
+        self.compute_dtype = getattr(self, name).dtype
+        self.kernel_dtype = kernel_dtype(self.compute_dtype)
+        setattr(self, name, getattr(self, name).to(self.kernel_dtype))
         self._placed()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
+        shape, dtype = x.shape, x.dtype
         x = x.reshape(-1, self.in_features)
-        if self.method == "int8":
-            if self._int8_kernel:
-                y = torch.ops.aten._weight_int8pack_mm(x, self.qweight, self.scale)
-            else:
-                y = torch.mm(x, self.qweight.t().to(x.dtype)) * self.scale
+        if self.method == "int8" and not self._int8_kernel:  # no kernel: the int8 weight cast on the fly
+            y = torch.mm(x, self.qweight.t().to(dtype)) * self.scale.to(dtype)
+        elif self.method == "int8":
+            y = torch.ops.aten._weight_int8pack_mm(x.to(self.kernel_dtype), self.qweight, self.scale)
         elif self._packed_for is None:
             raise HiggsLabError(f"quantize=int4: torch has no int4 kernel for {x.device.type}")
         else:
-            y = self._int4_mm(x, self.scales_and_zeros)
-        return y.reshape(*shape[:-1], self.out_features)
+            y = self._int4_mm(x.to(self.kernel_dtype), self.scales_and_zeros)
+        return y.to(dtype).reshape(*shape[:-1], self.out_features)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         for name, v in self.portable().items():
