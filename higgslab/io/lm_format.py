@@ -245,9 +245,12 @@ def write_checkpoint(
     tensors: dict[str, torch.Tensor],
     fmt: str,
     max_shard_bytes: int = 5 * 2**30,
+    fill=None,
 ) -> Path:
     """Write `tensors` (our names) + config as a checkpoint in `fmt`. One file if it fits one shard,
-    else `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`."""
+    else `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`. `fill(key, tensor)`, if
+    given, makes each tensor just before its shard is written (`tensors` may then be meta tensors: a
+    checkpoint larger than memory, one shard in memory at a time)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -255,13 +258,18 @@ def write_checkpoint(
     theirs = {to_disk(k, KEY_RULES[fmt]): v.contiguous() for k, v in tensors.items()}
     (directory / "config.json").write_text(json.dumps(CONFIG_WRITERS[fmt](config), indent=2) + "\n")
     parts = shard(theirs, max_shard_bytes)
+
+    def save(part: dict[str, torch.Tensor], name: str) -> None:
+        filled = part if fill is None else {k: fill(k, v) for k, v in part.items()}
+        save_file(filled, directory / name, metadata={"format": "pt"})
+
     if len(parts) == 1:
-        save_file(parts[0], directory / "model.safetensors", metadata={"format": "pt"})
+        save(parts[0], "model.safetensors")
         return directory
     weight_map = {}
     for i, part in enumerate(parts, 1):
         name = f"model-{i:05d}-of-{len(parts):05d}.safetensors"
-        save_file(part, directory / name, metadata={"format": "pt"})
+        save(part, name)
         weight_map.update(dict.fromkeys(part, name))
     total = sum(v.numel() * v.element_size() for v in theirs.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
