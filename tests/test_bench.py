@@ -152,3 +152,19 @@ def test_finetune_speed_stops_a_launch_and_its_workers_at_the_timeout():
         fs.launch(cmd, threads=1, timeout=10)
     left = [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
     assert left == []
+
+
+@pytest.mark.slow
+def test_quantize_bench_runs_at_a_small_size(tmp_path):
+    """The real-size memory/speed bench end to end on the mini's architecture: three processes, a table."""
+    cmd = [sys.executable, "bench/quantize.py", "--config", "higgslab/assets/mini/model/config.json",
+           "--workdir", str(tmp_path), "--steps", "2", "4", "--repeats", "1"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in out.stdout.splitlines()
+        if line[:4] in ("none", "int8", "int4")
+    }
+    assert set(rows) == {"none", "int8", "int4"} and rows["none"][-2] == "1.000"  # top-1 against itself
+    assert float(rows["int8"][5]) < 1  # weights as a share of none's

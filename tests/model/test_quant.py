@@ -234,3 +234,19 @@ def test_the_cli_writes_the_embedded_default_and_never_overwrites(tmp_path):
         f"error: output_dir {out}: already exists (pass overwrite=true to replace it)"
     ]
     assert (out / "model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_the_compiled_quantized_decode_step_gives_the_eager_codes(method):
+    from higgslab.embedded import resolve_paths
+    from higgslab.generate.generator import Generator
+
+    model_dir = resolve_paths(None, None)[0]
+    codes = []
+    for compile in (False, True):
+        gen = Generator.from_paths(model_dir, None, device="cpu", quantize=method, compile=compile)
+        prompt = gen.build_prompt("Hello there, how are you today?")
+        result = gen.generate(prompt_ids=prompt.input_ids, max_new_tokens=40, seed=1, temperature=0)
+        codes.append(result.codes)
+    assert torch.equal(*codes)

@@ -60,9 +60,10 @@ def test_the_five_notebooks_are_there_and_stripped():
         assert "widgets" not in nb.metadata, f"{path.name}: widget state saved in git"
 
 
-def test_the_model_pick_takes_an_adapter_wherever_a_generator_is_built():
-    """`adapter_path=` in a notebook's OVERRIDES must reach every Generator built from the model pick (the
-    adapter merged at load, as the CLI does); 05 builds its own from the run it trains."""
+def test_the_model_pick_takes_an_adapter_and_quantization_wherever_a_generator_is_built():
+    """`adapter_path=`, `quantize=` (+ group_size) and `tokenizer_device=` in a notebook's OVERRIDES must
+    reach every Generator built from the model pick, as the CLI passes them; 05 builds its own from the run
+    it trains."""
     picks = 0
     for path in NOTEBOOKS[:4]:
         cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
@@ -71,7 +72,15 @@ def test_the_model_pick_takes_an_adapter_wherever_a_generator_is_built():
             continue  # 01 uses the audio tokenizer only
         picks += 1
         assert "adapter_dir = cfg.adapter_path and ROOT / cfg.adapter_path" in cells[0], path.name
-        assert all("adapter_path=adapter_dir" in c for c in built), path.name
+        assert (
+            "model_kw = dict(adapter_path=adapter_dir, quantize=cfg.quantize, group_size=cfg.group_size,"
+            in cells[0]
+        )
+        assert "tokenizer_device=cfg.tokenizer_device)" in cells[0], path.name
+        assert all(
+            "Generator.from_paths(model_dir, tokenizer_dir, device=str(device), **model_kw)" in c
+            for c in built
+        )
     assert picks == 3
 
 
