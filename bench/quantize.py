@@ -1,12 +1,15 @@
 """Weight-only quantization at the real size on the CPU: memory while loading and after, decode speed, agreement.
 
     python bench/quantize.py [--workdir /tmp/higgslab-quantize] [--methods none,int8,int4] [--steps 4 12]
+    python bench/quantize.py --methods none,int8,int4,int8-saved,int4-saved   # + quantized checkpoints
     python bench/quantize.py --config higgslab/assets/mini/model/config.json --steps 2 4   # a quick run
 
 1. Writes (once, into --workdir) a checkpoint of the --config architecture (default: the real one,
    tests/data/generation-original.config.json) with random bf16 weights, in the original layout, text head
    included and sharded like the real download, one shard in memory at a time. The audio head's stream-eos
    rows are zeroed, so every run decodes every step.
+   `int8-saved` / `int4-saved` first write that checkpoint quantized (`python -m higgslab.quantize`, once)
+   and load it as it is; `int8` / `int4` quantize the float checkpoint while loading it.
 2. Each method then runs in a process of its own (fresh memory figures), as `Generator.from_paths` loads
    a model: `load_model(dir, dtype=bfloat16, quantize=method, text_head=False)`, tensor by tensor into a
    meta-built model. It reports
@@ -46,7 +49,9 @@ def rss() -> int:
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    """This process's peak RSS (VmHWM: getrusage's ru_maxrss would carry the parent's over the exec)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024  # KiB
 
 
 # ---- the random checkpoint -----------------------------------------------------------------------------
@@ -132,7 +137,20 @@ def measure(checkpoint: Path, method: str, group_size: int, steps: tuple[int, in
     out.write_text(json.dumps(result))
 
 
+def saved_checkpoint(args, checkpoint: Path, method: str) -> Path:
+    """`checkpoint` quantized by `python -m higgslab.quantize` into the workdir (once)."""
+    spec = method.removesuffix("-saved")
+    out = Path(args.workdir) / f"{checkpoint.name}-{spec}-g{args.group_size}"
+    if not out.is_dir():
+        cmd = [sys.executable, "-m", "higgslab.quantize", f"model_path={checkpoint}", f"output_dir={out}",
+               f"quantize={spec}", f"group_size={args.group_size}"]  # fmt: skip
+        subprocess.run(cmd, check=True)
+    return out
+
+
 def run_child(args, checkpoint: Path, method: str) -> dict:
+    if method.endswith("-saved"):
+        checkpoint = saved_checkpoint(args, checkpoint, method)
     out = Path(args.workdir) / f"{method}.json"
     cmd = [sys.executable, __file__, "--child", method, "--checkpoint", str(checkpoint), "--workdir", args.workdir,
            "--group-size", str(args.group_size), "--steps", *map(str, args.steps), "--repeats", str(args.repeats)]  # fmt: skip
@@ -178,11 +196,11 @@ def main() -> None:
           f"torch {torch.__version__}; {args.config}; int4 group {args.group_size}")  # fmt: skip
     results = {m: run_child(args, checkpoint, m) for m in methods}
     none = results["none"]
-    print(f"\n{'':6}{'weights GB':>11}{'resident GB':>12}{'peak load GB':>13}{'load s':>8}{'ms/step':>9}"
+    print(f"\n{'':11}{'weights GB':>11}{'resident GB':>12}{'peak load GB':>13}{'load s':>8}{'ms/step':>9}"
           f"{'weights':>9}{'resident':>9}{'peak/final':>11}{'speed-up':>9}{'top-1':>7}{'max |dlogit|':>13}")  # fmt: skip
     for m, r in results.items():
         top1, diff = agreement(workdir, m) if m != "none" else (1.0, 0.0)
-        print(f"{m:6}{r['weights'] / GB:11.2f}{r['resident'] / GB:12.2f}{r['peak_load'] / GB:13.2f}"
+        print(f"{m:11}{r['weights'] / GB:11.2f}{r['resident'] / GB:12.2f}{r['peak_load'] / GB:13.2f}"
               f"{r['load_s']:8.1f}{r['ms_per_step']:9.1f}{r['weights'] / none['weights']:9.3f}"
               f"{r['resident'] / none['resident']:9.3f}{r['peak_load'] / r['weights']:11.2f}"
               f"{none['ms_per_step'] / r['ms_per_step']:9.2f}{top1:7.3f}{diff:13.3f}")  # fmt: skip

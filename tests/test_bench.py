@@ -164,7 +164,7 @@ def test_quantize_bench_runs_at_a_small_size(tmp_path):
     rows = {
         line.split()[0]: line.split()[1:]
         for line in out.stdout.splitlines()
-        if line[:4] in ("none", "int8", "int4")
+        if line.split()[:1] in (["none"], ["int8"], ["int4"])
     }
     assert set(rows) == {"none", "int8", "int4"} and rows["none"][-2] == "1.000"  # top-1 against itself
     assert float(rows["int8"][5]) < 1  # weights as a share of none's

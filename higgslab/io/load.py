@@ -11,6 +11,7 @@ then assign the tensors.
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import torch
@@ -81,6 +82,8 @@ def load_model(
     if quant is not None and saved is None:
         replace_linears(model, quant, dtype)  # float tensors in, quantized as they are read
     _assign(model, refs, dtype, device)
+    if quant is not None and saved is None:
+        _release_freed_heap()
     model.materialize_buffers()
     if adapter_path is not None:
         from higgslab.io.adapter import load_adapter
@@ -102,6 +105,15 @@ def _saved_spec(path: Path, asked: QuantSpec | None) -> QuantSpec | None:
             + ": load it as it is (quantize=null) or quantize its float original"
         )
     return saved
+
+
+def _release_freed_heap() -> None:
+    """Hand the heap pages that quantizing's temporaries left free back to the OS (glibc keeps them: they
+    stayed resident beside an int4 model: bench/RESULTS.md)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _says(saved: QuantSpec | None) -> str:

@@ -150,11 +150,17 @@ def quantize_int4(
     }
 
 
+ROWS = 1024  # rows quantized at a time: the float32 temporaries stay small while a model loads
+
+
 def quantize_weight(w: torch.Tensor, spec: QuantSpec, compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """A float `[N, K]` weight as `spec`'s portable tensors for a model in `compute_dtype`."""
-    if spec.method == "int8":
-        return quantize_int8(w, kernel_dtype(compute_dtype))
-    return quantize_int4(w, spec.group_size, kernel_dtype(compute_dtype))
+    dtype = kernel_dtype(compute_dtype)
+    parts = [
+        quantize_int8(rows, dtype) if spec.method == "int8" else quantize_int4(rows, spec.group_size, dtype)
+        for rows in w.split(ROWS)
+    ]
+    return {k: torch.cat([p[k] for p in parts], dim=1 if k == "scales_and_zeros" else 0) for k in parts[0]}
 
 
 def dequantize(method: str, t: dict[str, torch.Tensor]) -> torch.Tensor:
