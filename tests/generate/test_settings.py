@@ -75,6 +75,9 @@ BAD = [
     (["chunk_method=sentence"], "chunk_method=sentence: takes auto | none | word | speaker"),
     (["ref_too_long=trim"], "ref_too_long=trim: takes refuse | cut"),
     (["device=tpu"], "unknown device 'tpu'"),
+    (["quantize=int3"], "quantize='int3': use one of none, int8, int4"),
+    (["quantize=int4", "group_size=100"], "quantize group_size=100: int4 takes 32, 64, 128, 256"),
+    (["tokenizer_device=tpu"], "unknown device 'tpu'"),
     # combinations that would be ignored
     (["model_path=nowhere"], "tokenizer_path is needed with model_path"),
     (["tokenizer_path=somewhere"], "tokenizer_path=somewhere is used only with model_path="),

@@ -250,3 +250,15 @@ def test_the_compiled_quantized_decode_step_gives_the_eager_codes(method):
         result = gen.generate(prompt_ids=prompt.input_ids, max_new_tokens=40, seed=1, temperature=0)
         codes.append(result.codes)
     assert torch.equal(*codes)
+
+
+def test_a_quantized_checkpoint_converts_to_the_other_layout_and_back(int4_dir, tmp_path):
+    from higgslab.io.lm_format import convert
+
+    theirs = convert(int4_dir, tmp_path / "hf", to="transformers")
+    back = convert(theirs, tmp_path / "back", to="original")
+    ids = torch.randint(0, 900, (1, 9))
+    with torch.no_grad():
+        expected = load_model(int4_dir)(ids).audio_logits
+        assert all(torch.equal(load_model(d)(ids).audio_logits, expected) for d in (theirs, back))
+    assert QuantSpec.read(theirs) == QuantSpec("int4", 32)
