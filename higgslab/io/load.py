@@ -82,8 +82,6 @@ def load_model(
     if quant is not None and saved is None:
         replace_linears(model, quant, dtype)  # float tensors in, quantized as they are read
     _assign(model, refs, dtype, device)
-    if quant is not None and saved is None:
-        _release_freed_heap()
     model.materialize_buffers()
     if adapter_path is not None:
         from higgslab.io.adapter import load_adapter
@@ -108,8 +106,8 @@ def _saved_spec(path: Path, asked: QuantSpec | None) -> QuantSpec | None:
 
 
 def _release_freed_heap() -> None:
-    """Hand the heap pages that quantizing's temporaries left free back to the OS (glibc keeps them: they
-    stayed resident beside an int4 model: bench/RESULTS.md)."""
+    """Hand the heap pages that quantizing's temporaries left free back to the OS: glibc keeps them, and
+    they stayed resident beside an int4 model and raised the peak while loading (bench/RESULTS.md)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
@@ -135,13 +133,18 @@ def _assign(model: torch.nn.Module, refs: dict, dtype: torch.dtype, device: torc
         tensors = {}
         for name, ref in named.items():
             t = ref.load()
-            tensors[name] = t.to(device, dtype if t.is_floating_point() else t.dtype)
-            del t
+            placed = t.to(device, dtype if t.is_floating_point() else t.dtype)
+            # the process's own memory, not the file's mapped pages: those could be evicted under memory
+            # pressure (and re-read mid-decode) or change if the file is rewritten while the model lives
+            tensors[name] = placed.clone() if placed.data_ptr() == t.data_ptr() else placed
+            del t, placed
         if isinstance(module, QuantLinear):
             if "weight" in tensors:
                 module.set_weight(tensors["weight"])
             else:
                 module.set_portable(tensors)
+            del tensors
+            _release_freed_heap()  # the temporaries' holes, before the next weight fragments the heap
             continue
         for name, t in tensors.items():
             if name in module._parameters:
