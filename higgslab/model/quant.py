@@ -182,7 +182,7 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.spec = in_features, out_features, spec
         self.method, self.group_size = spec.method, spec.group_size
-        self.compute_dtype, self.kernel_dtype = dtype, kernel_dtype(dtype)
+        self.kernel_dtype = kernel_dtype(dtype)
         # empty portable tensors (int4: the device kernel's packed layout once on a device with one)
         for name, shape in portable_shapes(in_features, out_features, spec).items():
             kind = (
@@ -206,7 +206,7 @@ class QuantLinear(nn.Module):
 
     def set_weight(self, weight: torch.Tensor) -> None:
         """Quantize a float `[N, K]` weight into this layer (on the weight's device)."""
-        self.set_portable(quantize_weight(weight, self.spec, self.compute_dtype))
+        self.set_portable(quantize_weight(weight, self.spec, self.kernel_dtype))
 
     def set_portable(self, t: dict[str, torch.Tensor]) -> None:
         """Take the portable tensors (`state_dict()`'s), packing int4 for their device's kernel."""
@@ -243,6 +243,8 @@ class QuantLinear(nn.Module):
         else:
             self.qweight = torch.ops.aten._convert_weight_to_int4pack(w.contiguous(), 8)
         self._packed_for = kind
+        if kind != "cpu" and not torch.equal(self._unpack_int4(), w):  # a layout no test here has run
+            raise HiggsLabError(f"quantize=int4: torch's {kind} int4 packing does not give the weights back")
 
     def _unpack_int4(self) -> torch.Tensor:
         """The uint8 `[N, K / 2]` weight back from the packed one: the kernel times the identity with
@@ -270,10 +272,10 @@ class QuantLinear(nn.Module):
             if fn(probe).device != probe.device:
                 self.qweight, self._packed_for = self.portable()["qweight"], None
         super()._apply(fn, recurse)
-        # a cast of the model (`.float()`, `.to(dtype)`) reached the scales: it names the new compute dtype
+        # a cast of the model (`.float()`, `.half()`) reaches the scales: their dtype now says which kernel
+        # dtype the model wants (a move leaves them as they were)
         name = "scale" if self.method == "int8" else "scales_and_zeros"
-        self.compute_dtype = getattr(self, name).dtype
-        self.kernel_dtype = kernel_dtype(self.compute_dtype)
+        self.kernel_dtype = kernel_dtype(getattr(self, name).dtype)
         setattr(self, name, getattr(self, name).to(self.kernel_dtype))
         self._placed()
         return self

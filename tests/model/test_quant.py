@@ -58,6 +58,9 @@ def test_state_dict_is_the_portable_format_and_loads_back_bit_identical(spec):
     x = torch.randn(4, 256)
     assert torch.equal(fresh(x), q(x))
     assert torch.equal(q.to("cpu")(x), q(x))  # a no-op move keeps the packed weights
+    # casting the model keeps the kernel's bf16 scales: a bf16 and a float32 model give the same products
+    as_bf16 = q.to(torch.bfloat16)(x.bfloat16())
+    assert q.kernel_dtype == torch.bfloat16 and torch.equal(q.float()(x.bfloat16().float()), as_bf16.float())
 
 
 def _teacher_forced(model, prompt) -> torch.Tensor:
