@@ -70,9 +70,10 @@ def load_model(
     with torch.device("meta"):
         model = HiggsAudioModel(config, text_head=keep_text_head)
     dtype = dtype or refs["embed_tokens.weight"].dtype
-    quant = saved or (spec if spec is not None and spec.active and adapter_path is None else None)
-    if quant is not None:
-        quant.check_shapes([m.in_features for m in quantized_linears(model).values()], str(path))
+    asked = spec if spec is not None and spec.active else None
+    if saved or asked:
+        (saved or asked).check_shapes([m.in_features for m in quantized_linears(model).values()], str(path))
+    quant = saved or (asked if adapter_path is None else None)  # with an adapter: quantized after the merge
     if saved is not None:
         replace_linears(model, saved, dtype)  # the checkpoint holds the quantized tensors
     try:
@@ -87,15 +88,18 @@ def load_model(
         from higgslab.io.adapter import load_adapter
 
         load_adapter(model, adapter_path)
-        if spec is not None and spec.active:
-            quantize_model(model, spec)  # after the merge: the adapter's delta is quantized with the weights
+        if asked is not None:
+            quantize_model(model, asked)  # the adapter's delta is quantized with the weights
     return model.eval()
 
 
 def _saved_spec(path: Path, asked: QuantSpec | None) -> QuantSpec | None:
     """The checkpoint's own quantization, refused with one line when `asked` is another."""
     saved = QuantSpec.read(path)
-    if saved is not None and asked is not None and asked != saved:
+    if saved is None or asked is None:
+        return saved
+    other_group = saved.method == "int4" and asked.group_size != saved.group_size  # int8 has no groups
+    if asked.method != saved.method or other_group:
         group = f" (group_size {saved.group_size})" if saved.method == "int4" else ""
         raise HiggsLabError(
             f"{path}: is quantized {saved.method}{group}, not {asked.method}"

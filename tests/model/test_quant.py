@@ -265,3 +265,8 @@ def test_a_quantized_checkpoint_converts_to_the_other_layout_and_back(int4_dir, 
         expected = load_model(int4_dir)(ids).audio_logits
         assert all(torch.equal(load_model(d)(ids).audio_logits, expected) for d in (theirs, back))
     assert QuantSpec.read(theirs) == QuantSpec("int4", 32)
+
+
+def test_int8_has_no_groups_to_mismatch(lm_checkpoints, tmp_path):
+    saved = quantize_checkpoint(lm_checkpoints["original"], tmp_path / "q8", QuantSpec("int8", 32))
+    assert spec_of(load_model(saved, quantize="int8", group_size=64)).method == "int8"

@@ -7,6 +7,7 @@ import torch
 from higgslab.errors import HiggsLabError
 from higgslab.io.load import load_model
 from higgslab.merge import run, settings_from
+from higgslab.model.quant import QuantSpec
 from tests.train.lora_run import logits, merge_config
 
 
@@ -63,3 +64,18 @@ def test_bad_settings_are_one_line_before_anything_loads(embedded_cache, trained
         settings_from(merge_config(*overrides))
     assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_an_adapter_is_merged_then_quantized(embedded_cache, trained):
+    """`adapter_path` + `quantize`: the merged weights are what is quantized (not the base's)."""
+    from higgslab.model.quant import QuantLinear, quantize_model
+
+    base_dir = embedded_cache[1]
+    adapter, inputs, _ = trained
+    merged_then_quantized = quantize_model(load_model(base_dir, adapter_path=adapter), QuantSpec("int8"))
+    got = load_model(base_dir, adapter_path=adapter, quantize="int8")
+    assert isinstance(got.layers[0].self_attn.q_proj, QuantLinear)
+    assert torch.equal(logits(got, inputs), logits(merged_then_quantized, inputs))
+    assert not torch.equal(logits(got, inputs), logits(load_model(base_dir, quantize="int8"), inputs))
+    with pytest.raises(HiggsLabError, match="int4 group_size 64 does not divide input width 32"):
+        load_model(base_dir, adapter_path=adapter, quantize="int4", group_size=64)
