@@ -2,6 +2,7 @@
 
     python -m higgslab.train.listen                          # the embedded model, 40 held-out sentences
     python -m higgslab.train.listen --model runs/mini/lm_no_dualffn/model --tokenizer runs/mini/tokenizer/tokenizer
+    python -m higgslab.train.listen --quantize int4          # the LM weight-only quantized (`--group-size`)
 
 The sentences are the corpus's validation split (never trained on), rebuilt from the seed, so no corpus
 needs to be on disk. For each one the LM generates speech (temperature 0.3, top-k 50, top-p 0.95, RAS, one
@@ -134,11 +135,17 @@ def summarise(rows: list[Heard]) -> dict:
         from higgslab.eval.quality import wer  # needs the eval extra: imported only when there is text
 
         summary[f"{prefix}wer"] = float(np.mean([wer(t, h) for t, h in zip(texts, heard, strict=True)]))
-        picked = [int(np.argmin([wer(t, h) for t in texts])) for h in heard]
-        summary[f"{prefix}identified"] = float(np.mean([p == i for i, p in enumerate(picked)]))
+        summary[f"{prefix}identified"] = float(np.mean(identified(texts, heard)))
     if any(key.endswith("identified") for key in summary):
         summary["identified_chance"] = 1 / len(rows)
     return summary
+
+
+def identified(texts: list[str], heard: list[str]) -> list[bool]:
+    """Whether each transcript `heard[i]` is closest (WER) to its own sentence `texts[i]` among all `texts`."""
+    from higgslab.eval.quality import wer
+
+    return [int(np.argmin([wer(t, h) for t in texts])) == i for i, h in enumerate(heard)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     from higgslab.embedded import resolve_paths
     from higgslab.errors import cli_errors
     from higgslab.generate.generator import Generator
+    from higgslab.model.quant import METHODS, QuantSpec, spec_of
 
     parser = argparse.ArgumentParser(description="Score higgslab-mini's speech on held-out sentences")
     parser.add_argument("--model", default=None, help="LM directory (default: the embedded model)")
@@ -160,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--codec-only", action="store_true", help="the espeak-ng and resynthesis ceilings only"
     )
+    parser.add_argument("--quantize", choices=METHODS, default=None,
+                        help="weight-only quantize the LM (default: as the checkpoint is)")  # fmt: skip
+    parser.add_argument("--group-size", type=int, default=128, help="int4: inputs per scale")
     parser.add_argument("--out", default=None, help="write the JSON report here")
     args = parser.parse_args(argv)
     if args.sentences < 2:
@@ -173,7 +184,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.tokenizer:  # --codec-only may name a tokenizer alone: the LM is then never run
             tokenizer, label = Path(args.tokenizer), f"{label}; audio tokenizer {args.tokenizer}"
         print(f"model: {label}")
-        gen = Generator.from_paths(model, tokenizer, device="cpu")
+        gen = Generator.from_paths(
+            model, tokenizer, device="cpu", quantize=args.quantize, group_size=args.group_size
+        )
+        spec = spec_of(gen.model) or QuantSpec("none")  # as loaded: a quantized checkpoint says so too
+        group = spec.group_size if spec.method == "int4" else None
+        if spec.active:
+            print(f"quantize: {spec.method}" + (f", group size {group}" if group else ""))
         report = listen(
             gen,
             held_out_clips(args.sentences),
@@ -184,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg_scale=args.cfg_scale,
         )
         report["model"] = label
+        report["quantize"] = {"method": spec.method, "group_size": group}
         for key, value in report["summary"].items():
             print(f"{key:>22}: {value:.3f}" if isinstance(value, float) else f"{key:>22}: {value}")
         if args.out:

@@ -96,3 +96,36 @@ def test_lm_rows_are_what_generate_gives_and_ceilings_need_espeak(monkeypatch):
     assert report["items"][0]["espeak_seconds"] is None and "wer" not in report["summary"]
     with pytest.raises(HiggsLabError, match="the codec ceilings need espeak-ng"):
         module.listen(gen, clips, lm=False)
+
+
+def test_cli_quantize_reaches_the_generator_and_the_report(monkeypatch, tmp_path, capsys):
+    """`--quantize int4 --group-size 64` loads the LM's decoder Linears as int4/64 and the report says so;
+    without it the model loads as it is and the report says none."""
+    import json
+
+    from higgslab.model.quant import QuantLinear
+    from higgslab.train import listen as module
+
+    loaded = []
+
+    def scored(gen, clips, *args, **kwargs):  # the LM as main loaded it; scoring itself is tested above
+        loaded.append(gen.model)
+        return {"summary": {"sentences": len(clips)}, "items": []}
+
+    monkeypatch.setattr(module, "listen", scored)
+    out = tmp_path / "report.json"
+    module.main(
+        ["--quantize", "int4", "--group-size", "64", "--sentences", "2", "--no-asr", "--out", str(out)]
+    )
+    quantized = [m for m in loaded[0].layers.modules() if isinstance(m, QuantLinear)]
+    assert quantized and all(m.method == "int4" and m.group_size == 64 for m in quantized)
+    assert json.loads(out.read_text())["quantize"] == {"method": "int4", "group_size": 64}
+    assert "quantize: int4, group size 64" in capsys.readouterr().out
+
+    module.main(["--sentences", "2", "--no-asr", "--out", str(out)])
+    assert not any(isinstance(m, QuantLinear) for m in loaded[1].modules())
+    assert json.loads(out.read_text())["quantize"] == {"method": "none", "group_size": None}
+
+    with pytest.raises(SystemExit):
+        module.main(["--quantize", "int4", "--group-size", "100", "--sentences", "2", "--no-asr"])
+    assert "error: quantize group_size=100" in capsys.readouterr().err
