@@ -60,6 +60,7 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     from higgslab.eval.precision import run_precision
     from higgslab.eval.report import new_run_dir, overall_passed, plot_report, summary_table, write_report
     from higgslab.generate.generator import Generator
+    from higgslab.generate.settings import load_settings
     from higgslab.model.quant import spec_of
 
     check_config(cfg)
@@ -69,14 +70,7 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         raise HiggsLabError("eval needs an audio tokenizer to check audio: pass tokenizer_path=...")
     # eager: a compiled step's warm-up would land in the timed runs of performance mode
     gen = Generator.from_paths(
-        model_path,
-        tokenizer_path,
-        device=cfg.device,
-        adapter_path=cfg.adapter_path,
-        quantize=cfg.quantize,
-        group_size=cfg.group_size,
-        tokenizer_device=cfg.tokenizer_device,
-        compile=False,
+        model_path, tokenizer_path, device=cfg.device, compile=False, **load_settings(cfg)
     )
     if cfg.adapter_path is not None:
         label += f" + LoRA adapter {cfg.adapter_path}"

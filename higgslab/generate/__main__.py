@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from higgslab.conf import CONF_DIR
 from higgslab.errors import HiggsLabError, cli_errors
-from higgslab.generate.settings import GenerateSettings, settings_from
+from higgslab.generate.settings import GenerateSettings, load_settings, settings_from
 
 
 def output_path(output_dir: str, seed: int, overwrite: bool, chunk_files: bool = False) -> Path:
@@ -55,14 +55,7 @@ def run(cfg: DictConfig) -> int:
     path = output_path(s.output_dir, seed, s.overwrite, s.chunk_files)
 
     gen = Generator.from_pretrained(
-        s.model_path,
-        s.tokenizer_path,
-        device=s.device,
-        adapter_path=s.adapter_path,
-        quantize=s.quantize,
-        group_size=s.group_size,
-        tokenizer_device=s.tokenizer_device,
-        compile=s.compile,
+        s.model_path, s.tokenizer_path, device=s.device, compile=s.compile, **load_settings(s)
     )
     n = gen.model.num_parameters(text_head=False)
     print(f"model: {gen.label}")

@@ -174,6 +174,14 @@ def _check_ranges(s: GenerateSettings) -> None:
     check_model_settings(s)
 
 
+LOAD_KEYS = ("adapter_path", "quantize", "group_size", "tokenizer_device")  # how a CLI's model is loaded
+
+
+def load_settings(s) -> dict:
+    """The `Generator.from_paths` keywords among a CLI's settings (generate, eval): `LOAD_KEYS`."""
+    return {key: getattr(s, key) for key in LOAD_KEYS}
+
+
 def check_model_settings(s) -> None:
     """device, quantize, group_size and tokenizer_device of a settings object (generate, eval): one line
     for an unknown or absent device, an unknown quantization, int4 where torch has no kernel for it."""
