@@ -141,10 +141,10 @@ class Generator:
     ) -> Generator:
         """Load LM (with the LoRA adapter at `adapter_path` merged into it), text tokenizer (from the LM's
         directory) and audio tokenizer onto `device` (the audio tokenizer onto `tokenizer_device` when
-        given, e.g. "cpu" beside an LM on a small GPU). `quantize`: weight-only "int8" | "int4" (`group_size`)
-        | "none" | None (as the checkpoint is): `higgslab.io.load.load_model`. The checkpoint's `generation_config.json`
-        `guidance_scale`, if any, becomes the default `cfg_scale`, and its "higgslab_long_form" the
-        `long_form` defaults."""
+        given, e.g. "cpu" beside an LM on a small GPU). `quantize`: weight-only "int8" | "int4"
+        (`group_size`) | "none" | None (as the checkpoint is), as `higgslab.io.load.load_model` takes it.
+        The checkpoint's `generation_config.json` `guidance_scale`, if any, becomes the default
+        `cfg_scale`, and its "higgslab_long_form" the `long_form` defaults."""
         import json
 
         from higgslab.device import default_dtype, pick_device
