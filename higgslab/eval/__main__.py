@@ -90,7 +90,7 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
             "model_path": str(model_path),
             "tokenizer_path": str(tokenizer_path),
             "adapter_path": cfg.adapter_path,
-            "quantize": None if spec_of(gen.model) is None else spec_of(gen.model).method,
+            "quantize": getattr(spec_of(gen.model), "method", None),
             "parameters": gen.model.num_parameters(text_head=False),
             "dtype": str(gen.model.dtype).removeprefix("torch."),
             "device": str(gen.model.device),

@@ -134,13 +134,15 @@ def _assign(model: torch.nn.Module, refs: dict, dtype: torch.dtype, device: torc
         by_module.setdefault(owner, {})[name] = ref
     for owner, named in by_module.items():
         module = model.get_submodule(owner)
+        quantized_here = isinstance(module, QuantLinear) and "weight" in named  # read once, then dropped
         tensors = {}
         for name, ref in named.items():
             t = ref.load()
             placed = t.to(device, dtype if t.is_floating_point() else t.dtype)
-            # the process's own memory, not the file's mapped pages: those could be evicted under memory
-            # pressure (and re-read mid-decode) or change if the file is rewritten while the model lives
-            tensors[name] = placed.clone() if placed.data_ptr() == t.data_ptr() else placed
+            # kept: the process's own memory, not the file's mapped pages, which could be evicted under
+            # memory pressure (and re-read mid-decode) or change if the file is rewritten
+            kept = not quantized_here and placed.data_ptr() == t.data_ptr()
+            tensors[name] = placed.clone() if kept else placed
             del t, placed
         if isinstance(module, QuantLinear):
             if "weight" in tensors:
