@@ -35,15 +35,15 @@ import torch
 from higgslab import delay
 from higgslab.device import peak_memory, reset_peak_memory, synchronize
 from higgslab.errors import HiggsLabError
-from higgslab.generate import longform, sampling
+from higgslab.generate import longform
 from higgslab.generate.longform import LongForm
 from higgslab.generate.prompt import Prompt, Reference
 from higgslab.generate.result import GenerationResult, GenerationStats
 from higgslab.generate.sampling import SamplingSettings
+from higgslab.generate.session import DecodeSession, Request
 from higgslab.model import packing
 from higgslab.model.lm import HiggsAudioModel
 
-CACHE_BUCKET = 256  # compiled decode steps: cache lengths are multiples of this
 # compile="auto": a CPU run still going after this many eager steps continues with the compiled step. The
 # warm-up (compilation, once per cache bucket) is repaid only over a long remainder, and how long a run
 # will be is known only as it goes: a sentence, a notebook's preview or a test ends before this and never
@@ -88,7 +88,7 @@ class Generator:
         self.cfg_scale = cfg_scale  # the default of generate(cfg_scale=None)
         self.pack = model.device.type == "cpu" if pack is None else pack
         self._rng = torch.Generator(device=model.device)
-        self._steps: dict = {}
+        self._steps: dict = {}  # compiled decode steps, kept across runs (`session.step_function`)
         self.label: str | None = None  # which model this is, when `from_pretrained` knows
         self.long_form = long_form or LongForm()
 
@@ -472,7 +472,6 @@ class Generator:
         return without_text(ids, self.text_tokenizer)
 
     # ---- the loop ------------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def _run(
         self,
         prompts,
@@ -485,102 +484,60 @@ class Generator:
         progress=None,
         unconditional=None,
     ):
-        """Prefill every prompt (left-padded), then decode; yields `[n_q, k]` newly complete frames of row 0
-        when `stream`; calls `progress(n_steps)` at each host sync. Appends one `GenerationResult` per
-        prompt to `results` when done. With guidance, `unconditional` holds each prompt's ids without its
-        text; they run as rows B..2B-1 of the batch and cache."""
+        """Prefill every prompt together (a `DecodeSession`), then step it; yields `[n_q, k]` newly complete
+        frames of row 0 when `stream`; calls `progress(n_steps)` at each host sync. Appends one
+        `GenerationResult` per prompt to `results` when done. With guidance, `unconditional` holds each
+        prompt's ids without its text; they run as rows B..2B-1 of the batch and cache."""
         settings.check()
         if max_new_tokens < 1:
             raise HiggsLabError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         model, c, dev = self.model, self.config, self.model.device
-        B, rows, row_codes = len(prompts), list(prompts), list(prompt_codes)
+        B = len(prompts)
         if settings.cfg_scale != 1:
             if unconditional is None or len(unconditional) != B or any(u is None for u in unconditional):
                 raise HiggsLabError(
                     f"cfg_scale={settings.cfg_scale} needs unconditional_ids for every prompt"
                 )
-            rows, row_codes = rows + list(unconditional), row_codes * 2  # same references, no text
-        ids, mask, codes = self._pad(rows, row_codes)
-        T = ids.shape[1]
-        if T + max_new_tokens > c.max_position_embeddings:
-            raise HiggsLabError(
-                f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
-                f"{c.max_position_embeddings} positions"
-            )
         # None: a seed of our own, never torch.seed(), which would reseed torch's global generator
         seed = longform.draw_seed() if seed is None else seed
         self._rng.manual_seed(seed)
-        stats = GenerationStats(prompt_tokens=T, device=str(dev))
+        requests = [
+            Request(p, x, settings, seed, max_new_tokens, None if unconditional is None else u, self._rng)
+            for p, x, u in zip(prompts, prompt_codes, unconditional or [None] * B, strict=True)
+        ]
         reset_peak_memory(dev)
-
         compile, compile_from = self.compile_plan(max_new_tokens)
         if self.pack:  # idempotent: repacks only layers whose weights were replaced, cast or moved
             packing.pack_for_decode(model)
+        session = DecodeSession(model, compile=compile, compile_from=compile_from, steps=self._steps)
+        # the first compiled step has passed its guards and later ones skip them, unless streaming: the
+        # caller runs between steps and may change the model
+        session.compile_skips_guards = not stream
         t0 = time.perf_counter()
-        length = T + max_new_tokens
-        if compile:  # a compiled step is specialised to the cache's shape: round it, to reuse the code
-            length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
-        cache = model.new_cache(len(rows), length)
-        model(ids, codes, mask, cache=cache, logits="none")
+        session.prefill(requests)
         synchronize(dev)
+        stats = GenerationStats(prompt_tokens=session.used, device=str(dev))
         stats.prefill_s = time.perf_counter() - t0
 
         n_q = c.num_codebooks
-        columns = torch.empty(B, max_new_tokens, n_q, dtype=torch.long, device=dev)
-        column = torch.full((B, n_q), c.stream_bos_id, dtype=torch.long, device=dev)
-        columns[:, 0] = column
-        state = delay.init_state(B, device=dev)
-        step_fn = self._step_fn(settings, False)  # the compiled one takes over at step `compile_from`
-        # temperature 0 is greedy whatever the seed: RAS (a random redraw) only runs when sampling
-        history = None
-        if settings.ras_window and settings.temperature > 0:
-            history = torch.full((B, settings.ras_window, n_q), -1, dtype=torch.long, device=dev)
-            history[:, -1] = column
         scheduler = delay.DelayScheduler(n_q, c.stream_ids) if stream else None
-        # each step's random draws are made before it: a compiled step cannot draw from `self._rng`
-        noise_shape = (B, n_q, c.codebook_entries)
-        n_draws = sampling.draws(settings.temperature, ras=history is not None)
         if scheduler is not None:
-            scheduler.push(column[0])
-
-        # compiled steps attend to a window that grows with the written slots (T + t at step t): exactly
-        # those on the CPU; in buckets under CUDA/NPU graphs, which record one graph for every window. It
-        # stays shorter than the cache (T + t < length): a whole-cache slice is contiguous, and
-        # torch.compile would specialise a step on that.
-        graphs = isinstance(compile, str)  # a torch.compile mode: "reduce-overhead" records CUDA graphs
-        window = CACHE_BUCKET if graphs else 1
+            scheduler.push(session.column[0])
         t1 = time.perf_counter()
         steps = max_new_tokens
         for t in range(1, max_new_tokens):
-            if compile and t == compile_from:
-                cache.static = True  # compiled steps see fixed shapes: the whole cache, masked
-                step_fn = self._step_fn(settings, compile)
-            if cache.static:
-                span = min(-(-(T + t) // window) * window, length - 1)
-                if t == compile_from or span != cache.span:
-                    cache.attend_to(span)
-            noise = sampling.exponential_noise(noise_shape, n_draws, self._rng, dev)
-            column, history, state = step_fn(column, history, state, cache, noise)
-            if graphs:  # a CUDA/NPU graph's outputs live in its own buffers, which its next replay overwrites
-                column, state = column.clone(), delay.DelayState(*(x.clone() for x in state))
-                history = None if history is None else history.clone()
-            if t == compile_from and cache.static and not stream:
-                # the first compiled step has passed its guards; the others see the same objects with the same
-                # shapes, and re-checking them costs a CPU step measurably. Not when streaming: the caller runs
-                # between steps and may change the model.
-                step_fn = _skipping_guards(step_fn)
-            columns[:, t] = column
+            column = session.step()
             if t == n_q and stats.time_to_first_audio_s is None:  # column n_q completes frame 0
                 synchronize(dev)
                 stats.time_to_first_audio_s = stats.prefill_s + time.perf_counter() - t1
             if scheduler is not None:  # streaming: one host sync per step, the price of frame-by-frame audio
-                frames = scheduler.push(column[0], end_frame=int(state.end_frame[0]))
+                frames = scheduler.push(column[0], end_frame=int(session.state.end_frame[0]))
                 if frames.shape[1]:
                     yield frames
             if (t + 1) % self.sync_every == 0:
                 if progress is not None:
                     progress(self.sync_every)
-                if bool(state.done.all()):
+                if session.all_done():
                     steps = t + 1
                     break
         synchronize(dev)
@@ -589,94 +546,9 @@ class Generator:
             progress(steps % self.sync_every)
         stats.steps = steps
         stats.peak_memory_bytes = peak_memory(dev)
-        cols = columns[:, :steps].cpu()
-        done, end_frame = state.done.cpu(), state.end_frame.cpu()
         rate = self.audio_tokenizer.sample_rate if self.audio_tokenizer is not None else 24000
         for b in range(B):
-            frames = delay.finished_frames(cols[b].T, c.stream_ids, end_frame=end_frame[b])
-            results.append(
-                GenerationResult(
-                    codes=frames,
-                    columns=cols[b].T,
-                    finished=bool(done[b]),
-                    stream_ids=c.stream_ids,
-                    sample_rate=rate,
-                    seed=seed,
-                    stats=dataclasses.replace(stats, frames=frames.shape[1]),
-                )
-            )
-
-    def _step_fn(self, settings: SamplingSettings, compile: bool | str):
-        """The decode step: logits → sampled column → delay forcing; pure device work, fixed shapes.
-
-        `history` `[B, W, n_q]` holds the last W emitted columns for repetition-aware sampling (slots not
-        yet filled hold -1, which matches no code); it is None when RAS is off. `noise`: the step's Exp(1)
-        draws (`sampling.exponential_noise`). Compiled (`compile`: True or a torch.compile mode) once per
-        sampling setting and reused."""
-        scale = settings.cfg_scale
-        key = (settings.temperature, settings.top_k, settings.top_p, settings.ras_max_repeat, scale, compile)  # fmt: skip
-        if key in self._steps:
-            return self._steps[key]
-        model, stream_ids = self.model, self.config.stream_ids
-
-        def step(column, history, state, cache, noise):
-            if scale == 1:
-                logits = model.decode_audio_step(column, cache)
-            else:  # rows B.. of the cache are the prompts without their text, fed the same columns
-                cond, uncond = model.decode_audio_step(torch.cat([column, column]), cache).chunk(2)
-                logits = sampling.guide(cond, uncond, scale, model.config.codebook_size)
-            sampled = sampling.sample(
-                logits,  # sample() works in float32
-                temperature=settings.temperature,
-                top_k=settings.top_k,
-                top_p=settings.top_p,
-                history=history,
-                ras_max_repeat=settings.ras_max_repeat,
-                noise=noise,
-            )
-            column, state = delay.force(sampled, state, stream_ids)
-            if history is not None:
-                history = torch.cat([history[:, 1:], column[:, None]], dim=1)
-            return column, history, state
-
-        if compile:
-            # True: torch.compile's default mode; a string is a torch.compile mode ("reduce-overhead" = CUDA graphs)
-            mode = compile if isinstance(compile, str) else None
-            # on the CPU a C++ wrapper calls the step's kernels without Python in between (bench/RESULTS.md);
-            # torch.compile takes options or a mode, not both
-            cpu = mode is None and model.device.type == "cpu"
-            step = torch.compile(
-                step, dynamic=False, mode=mode, options={"cpp_wrapper": True} if cpu else None
-            )
-        self._steps[key] = step
-        return step
-
-    def _pad(self, prompts, prompt_codes):
-        """Left-pad prompts to `[B, T]` with a mask; stack their audio codes to `[B, n_q, F]`."""
-        c, dev = self.config, self.model.device
-        prompts = [torch.as_tensor(p, dtype=torch.long) for p in prompts]
-        T = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), T), c.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(prompts), T, dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, T - len(p) :] = p
-            mask[b, T - len(p) :] = 1
-        frames = [x.shape[-1] for x in prompt_codes if x is not None]
-        codes = None
-        if frames:
-            codes = torch.zeros(len(prompts), c.num_codebooks, max(frames), dtype=torch.long)
-            for b, x in enumerate(prompt_codes):
-                if x is not None:
-                    codes[b, :, : x.shape[-1]] = x
-            codes = codes.to(dev)
-        return ids.to(dev), (None if mask.all() else mask.to(dev)), codes
-
-
-def _skipping_guards(step: Callable) -> Callable:
-    """`step` run with torch.compile checking only the guards that tell its compiled variants apart."""
-
-    def run(*args):
-        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-            return step(*args)
-
-    return run
+            result = session.finish(b, steps)
+            result.sample_rate = rate
+            result.stats = dataclasses.replace(stats, frames=result.codes.shape[1])
+            results.append(result)

@@ -275,7 +275,7 @@ def test_the_checkpoint_generation_config_sets_the_default_scale(embedded_cache,
 def test_auto_compiles_what_remains_of_long_cpu_runs(gen, monkeypatch):
     """The default `compile="auto"` runs eager for AUTO_COMPILE_AFTER steps and hands a CPU run that goes
     on past them to the compiled step, mid-run, with the eager codes; a shorter run never compiles."""
-    from higgslab.generate import generator
+    from higgslab.generate import generator, session
 
     auto = Generator(gen.model)
     after = generator.AUTO_COMPILE_AFTER
@@ -300,18 +300,19 @@ def test_auto_compiles_what_remains_of_long_cpu_runs(gen, monkeypatch):
     )
     assert compiled == []
     static = []  # which steps saw the static cache
-    step = auto._step_fn
+    step = session.step_function
 
-    def spy(settings, compile):
-        inner = step(settings, compile)
+    def spy(model, settings, compile, kept):
+        inner = step(model, settings, compile, kept)
 
         def run(column, history, state, cache, noise):
-            static.append(cache.static)
+            if kept is auto._steps:  # not the eager generator's steps
+                static.append(cache.static)
             return inner(column, history, state, cache, noise)
 
         return run
 
-    monkeypatch.setattr(auto, "_step_fn", spy)
+    monkeypatch.setattr(session, "step_function", spy)
     assert torch.equal(
         auto.generate(PROMPT, max_new_tokens=30, **kw).columns,
         eager.generate(PROMPT, max_new_tokens=30, **kw).columns,

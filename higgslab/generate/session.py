@@ -1,0 +1,564 @@
+"""`DecodeSession`: step-wise audio decoding over a static KV cache, as moshi's `LMGen` keeps its LM apart.
+
+The session owns what a decode needs between steps: the cache, each row's last column, delay state
+(`delay.force`), RAS history, random generator and emitted columns. It knows nothing of text, prompts'
+meaning or audio; `Generator` (one-shot, streaming, batches) and `batching.ContinuousBatcher` (a server's
+requests joining and leaving) drive it.
+
+    session = DecodeSession(model)
+    rows = session.prefill([Request(ids, codes, settings, seed=1, max_new_tokens=500)])
+    while not session.idle:
+        columns = session.step()            # [rows, n_q]: the column each row emitted
+        for row in session.ended():         # done, or out of steps: its result, and the row is free
+            result = session.finish(row)
+
+Two ways in:
+- the first `prefill` of a fresh session prefills its prompts together, left-padded, into a cache sized for
+  them (`length`); when they share their sampling settings, every step is one fixed-shape function that can be
+  compiled (`compile`) or captured as a CUDA graph: `Generator`'s path, unchanged;
+- a `prefill` while rows are running puts each prompt into a free row (`capacity` rows) of the running cache:
+  the prompt alone is prefilled, into that row's slots just before the write cursor (shared by all rows, so a
+  step writes every row at one position). When the cursor reaches the cache's end, the slots before the
+  oldest running row's prompt are dropped (`_compact`). Steps then run eagerly over the rows in use, each
+  group of rows with equal settings sampled together, each row drawing its noise from its own seed.
+A row is sampled exactly as it would be alone: the same draws from its seed, the same sampling ops on its
+own logits. What can differ is the logits' last bits, as the rows share matrix products and attention
+masks
+(see `ContinuousBatcher`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from higgslab import delay
+from higgslab.errors import HiggsLabError
+from higgslab.generate import sampling
+from higgslab.generate.result import GenerationResult, GenerationStats
+from higgslab.generate.sampling import SamplingSettings
+from higgslab.model.cache import StaticKVCache
+
+CACHE_BUCKET = 256  # compiled decode steps: cache lengths are multiples of this
+MAX_RAS_WINDOW = 64  # rows joining a running session keep this many columns of history at most
+
+
+@dataclass
+class Request:
+    """One prompt to decode: ids `[T]`, the codes `[n_q, F]` of its audio placeholders, and how to sample.
+
+    `unconditional`: the ids without the text to speak, when `settings.cfg_scale` != 1 (they take a row of
+    their own). `rng`: a generator to draw from instead of one seeded with `seed` (a batch shares one)."""
+
+    ids: torch.Tensor
+    codes: torch.Tensor | None = None
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
+    seed: int = 0
+    max_new_tokens: int = 2048
+    unconditional: torch.Tensor | None = None
+    rng: torch.Generator | None = None
+
+    @property
+    def guided(self) -> bool:
+        return self.settings.cfg_scale != 1
+
+
+@dataclass
+class _Row:
+    request: Request
+    rng: torch.Generator
+    pair: int | None  # the row of its unconditional prompt (guidance)
+    t: int = 1  # columns emitted, the all-bos one included
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class DecodeSession:
+    """Step-wise decoding of `model` (a `HiggsAudioModel`); see the module docstring."""
+
+    def __init__(
+        self,
+        model,
+        *,
+        capacity: int | None = None,
+        length: int | None = None,
+        compile: bool | str = False,
+        compile_from: int = 1,
+        steps: dict | None = None,
+    ):
+        """`capacity` rows of `length` cache slots each: given both, the session is continuous (every
+        `prefill` joins free rows; a prompt plus its `max_new_tokens` may take half the slots); else the
+        first `prefill` sizes it for its prompts. `compile`: a compiled step (True or a torch.compile mode)
+        from step `compile_from` on, for prompts prefilled together with one setting; `steps`: where
+        compiled steps are kept between sessions (`Generator` keeps one)."""
+        self.model, self.config = model, model.config
+        self.capacity, self.length = capacity, length
+        self.compile, self.compile_from = compile, compile_from
+        self._steps = {} if steps is None else steps
+        self.rows: list[_Row | _PairRow | None] = []
+        self.cache: StaticKVCache | None = None
+        self.t = 1  # steps of the session
+        self._uniform: SamplingSettings | None = None  # prompts prefilled together with one setting
+        self._step = None
+        self.used = 0  # written slots (the write cursor)
+        self.continuous = capacity is not None and length is not None
+        if self.continuous:
+            self.cache = model.new_cache(capacity, length)
+            self._allocate(capacity, MAX_RAS_WINDOW, length)
+
+    # ---- rows in --------------------------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        return not self._cond_rows()
+
+    def _cond_rows(self) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r is not None and not _is_pair(r)]
+
+    @torch.inference_mode()
+    def prefill(self, requests: Sequence[Request]) -> list[int]:
+        """Prefill `requests`; returns the row each decodes in. Into a fresh session they go together
+        (left-padded); into a running one, each into a free row (raises when there is none)."""
+        for r in requests:
+            r.settings.check()
+            if r.max_new_tokens < 1:
+                raise HiggsLabError(f"max_new_tokens must be >= 1, got {r.max_new_tokens}")
+            if r.guided and r.unconditional is None:
+                raise HiggsLabError(
+                    f"cfg_scale={r.settings.cfg_scale} needs unconditional ids for every prompt"
+                )
+        if self.cache is None:
+            return self._prefill_together(list(requests))
+        return [self._join(r) for r in requests]
+
+    def free_rows(self) -> int:
+        """How many more requests without guidance can join now."""
+        n = 0 if self.capacity is None else self.capacity - len(self.rows)
+        return n + sum(r is None for r in self.rows)
+
+    def _prefill_together(self, requests: list[Request]) -> list[int]:
+        c, dev, B = self.config, self.model.device, len(requests)
+        guided = requests[0].guided
+        if any(r.guided != guided for r in requests):
+            raise HiggsLabError("prompts prefilled together must all use guidance or none")
+        prompts = [r.ids for r in requests] + ([r.unconditional for r in requests] if guided else [])
+        codes = [r.codes for r in requests] * (2 if guided else 1)
+        ids, mask, codes = _pad(prompts, codes, c, dev)
+        T, longest = ids.shape[1], max(r.max_new_tokens for r in requests)
+        length = self.length or T + longest
+        if self.compile:  # a compiled step is specialised to the cache's shape: round it, to reuse the code
+            length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
+        check_context(T, longest, c.max_position_embeddings)
+        n_rows = len(prompts)
+        self.capacity = max(self.capacity or 0, n_rows)
+        self.length = length
+        self.cache = self.model.new_cache(self.capacity, length)
+        self.model(ids, codes, mask, cache=self._view(range(n_rows)), logits="none")
+        self.used = T
+        shared = requests[0].rng
+        for i, r in enumerate(requests):
+            rng = r.rng if r.rng is not None else sampling.seeded_generator(r.seed, dev)
+            self.rows.append(_Row(r, rng, B + i if guided else None, stats=_stats(T, dev)))
+        if guided:
+            self.rows += [_PairRow(i) for i in range(B)]
+        # one step function for all rows: one setting, and one generator drawing the batch's noise
+        first = requests[0].settings
+        if all(r.settings == first for r in requests) and (
+            B == 1 or all(r.rng is shared for r in requests[1:])
+        ):
+            if shared is not None or B == 1:
+                self._uniform = first
+        if self._uniform is not None:  # the cond rows only: the step feeds the text-free rows their column
+            self._allocate(B, first.ras_window, longest)
+        else:
+            self._allocate(n_rows, MAX_RAS_WINDOW, longest)
+        self._init_state(list(range(n_rows)))
+        return list(range(B))
+
+    def _allocate(self, n: int, ras_window: int, columns: int) -> None:
+        """The decode state of `n` rows: RAS history of `ras_window` columns, room for `columns` columns."""
+        c, dev = self.config, self.model.device
+        n_q = c.num_codebooks
+        self.column = torch.full((n, n_q), c.stream_bos_id, dtype=torch.long, device=dev)
+        state = delay.init_state(n, device=dev)
+        self.state = state._replace(done=torch.ones_like(state.done))  # free rows count as done
+        self.history = torch.full((n, max(ras_window, 1), n_q), -1, dtype=torch.long, device=dev)
+        self.columns = torch.empty(n, columns, n_q, dtype=torch.long, device=dev)
+
+    def _init_state(self, rows: list[int]) -> None:
+        """Reset the decode state of `rows` to the all-bos column."""
+        c, dev = self.config, self.model.device
+        rows = [r for r in rows if r < self.column.shape[0]]
+        index = torch.tensor(rows, device=dev)
+        fresh = delay.init_state(len(rows), device=dev)
+        for name, values in zip(delay.DelayState._fields, fresh, strict=True):
+            getattr(self.state, name)[index] = values
+        self.column[index] = c.stream_bos_id
+        self.history[index] = -1
+        self.history[index, -1] = c.stream_bos_id
+        self.columns[index, 0] = c.stream_bos_id
+
+    def _join(self, request: Request) -> int:
+        """Prefill `request` into free rows of the running cache; its row."""
+        if not self.continuous:
+            raise HiggsLabError("this session decodes one batch together: make it with capacity= and length=")
+        if request.settings.ras_window > MAX_RAS_WINDOW:
+            raise HiggsLabError(
+                f"ras_window must be <= {MAX_RAS_WINDOW} here, got {request.settings.ras_window}"
+            )
+        need = 2 if request.guided else 1
+        if self.free_rows() < need:
+            raise HiggsLabError(f"no free row: all {self.capacity} rows are decoding")
+        prompts = [request.ids] + ([request.unconditional] if request.guided else [])
+        longest = max(len(p) for p in prompts)
+        check_context(longest, request.max_new_tokens, self.config.max_position_embeddings)
+        if longest + request.max_new_tokens > self.length // 2:
+            raise HiggsLabError(
+                f"prompt ({longest} tokens) + max_new_tokens ({request.max_new_tokens}) exceeds half of this "
+                f"session's cache ({self.length} slots)"
+            )
+        rows = []
+        for ids in prompts:
+            row = self._take_row()
+            rows.append(row)
+            self._prefill_row(row, ids, request.codes)
+        dev = self.model.device
+        rng = request.rng if request.rng is not None else sampling.seeded_generator(request.seed, dev)
+        self.rows[rows[0]] = _Row(
+            request, rng, rows[1] if request.guided else None, stats=_stats(len(request.ids), dev)
+        )
+        if request.guided:
+            self.rows[rows[1]] = _PairRow(rows[0])
+        self._init_state(rows)
+        return rows[0]
+
+    def _take_row(self) -> int:
+        for i, r in enumerate(self.rows):
+            if r is None:
+                self.rows[i] = _PairRow(-1)  # taken; filled by the caller
+                return i
+        self.rows.append(_PairRow(-1))
+        return len(self.rows) - 1
+
+    def _prefill_row(self, row: int, ids: torch.Tensor, codes: torch.Tensor | None) -> None:
+        """One prompt, alone, into `row`'s slots that end at the write cursor (moved on if it is too short)."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.model.device)
+        P, cache = len(ids), self.cache
+        if P > self.used:  # the other rows get empty (masked) slots up to the prompt's length
+            self.used = P
+            cache.length.fill_(P)
+        cache.valid[row] = False
+        cache.is_audio[row] = False
+        cache.seen[row] = 0
+        cache.padded = True
+        view = self._view([row], start=self.used - P, written=0)
+        codes = None if codes is None else codes[None].to(self.model.device)
+        self.model(ids[None], codes, None, cache=view, logits="none")
+
+    def _compact(self) -> None:
+        """Drop the slots before the oldest running prompt: every row's keys move left by as many."""
+        cache, live = self.cache, [i for i, r in enumerate(self.rows) if r is not None]
+        if not live:
+            start = self.used
+        else:
+            written = cache.valid[live, : self.used].any(0)
+            start = int(written.long().argmax()) if bool(written.any()) else self.used
+        if start == 0:
+            return
+        n = self.used - start
+        for t in (*cache.keys, *cache.values):
+            t[:, :, :n] = t[:, :, start : self.used].clone()
+        for t in (cache.valid, cache.is_audio):
+            t[:, :n] = t[:, start : self.used].clone()
+            t[:, n:] = False
+        self.used = n
+        cache.length.fill_(n)
+
+    def _view(self, rows, start: int = 0, written: int | None = None) -> StaticKVCache:
+        """The cache seen through `rows` (a range, or one row) from slot `start` on, sharing its tensors, with
+        `written` slots of it used (default: up to the write cursor)."""
+        written = self.used - start if written is None else written
+        c = self.cache
+        sel = slice(rows[0], rows[-1] + 1)
+        if start == 0 and sel == slice(0, c.valid.shape[0]):
+            c.used = self.used
+            c.length.fill_(self.used)
+            return c
+        v = object.__new__(StaticKVCache)
+        v.keys = [k[sel, :, start:] for k in c.keys]
+        v.values = [x[sel, :, start:] for x in c.values]
+        v.valid, v.is_audio, v.seen = c.valid[sel, start:], c.is_audio[sel, start:], c.seen[sel]
+        v.length = torch.full((), written, dtype=torch.long, device=c.seen.device)
+        v.write_pos, v.max_len = c.write_pos, c.max_len - start
+        v.used, v.static, v.window, v.padded = written, False, None, c.padded
+        v._slots = c._slots
+        return v
+
+    # ---- steps ----------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> torch.Tensor:
+        """One decode step for every row in use → the columns they emitted, `[rows, n_q]` (on the device; a
+        row that has ended emits all-eos columns until it is finished)."""
+        if self.cache is None:
+            raise HiggsLabError("prefill the session before stepping it")
+        if self._uniform is not None:
+            return self._step_together()
+        return self._step_rows()
+
+    def _step_together(self) -> torch.Tensor:
+        cache, t = self.cache, self.t
+        if self.compile and t == self.compile_from:
+            cache.static = True  # compiled steps see fixed shapes: the whole cache, masked
+            self._step = None
+        if self._step is None:
+            self._step = step_function(
+                self.model, self._uniform, self.compile if cache.static else False, self._steps
+            )
+        graphs = isinstance(self.compile, str)  # a torch.compile mode: "reduce-overhead" records CUDA graphs
+        if cache.static:
+            # compiled steps attend to a window that grows with the written slots: exactly those on the CPU;
+            # in buckets under CUDA/NPU graphs, which record one graph for every window. It stays shorter
+            # than the cache: a whole-cache slice is contiguous, and torch.compile would specialise on that.
+            window = CACHE_BUCKET if graphs else 1
+            span = min(-(-(self.used + 1) // window) * window, self.length - 1)
+            if t == self.compile_from or span != cache.span:
+                cache.attend_to(span)
+        B = self.column.shape[0]
+        settings, n_q = self._uniform, self.config.num_codebooks
+        ras = settings.ras_window > 0 and settings.temperature > 0
+        noise = sampling.exponential_noise(
+            (B, n_q, self.config.codebook_entries),
+            sampling.draws(settings.temperature, ras),
+            self.rows[0].rng,
+            self.model.device,
+        )
+        history = self.history if ras else None
+        column, history, state = self._step(self.column, history, self.state, cache, noise)
+        if graphs:  # a CUDA/NPU graph's outputs live in its own buffers, which its next replay overwrites
+            column, state = column.clone(), delay.DelayState(*(x.clone() for x in state))
+            history = None if history is None else history.clone()
+        if t == self.compile_from and cache.static and self.compile_skips_guards:
+            # the first compiled step has passed its guards; the others see the same objects with the same
+            # shapes, and re-checking them costs a CPU step measurably
+            self._step = _skipping_guards(self._step)
+        self.column, self.state = column, state
+        if history is not None:
+            self.history = history
+        self.columns[:, t] = column
+        self.t += 1
+        self.used += 1
+        for r in self.rows[:B]:
+            r.t += 1
+        return column
+
+    compile_skips_guards = True  # False while a caller may change the model between steps (streaming)
+
+    def _set(self, rows, column, history, state) -> None:
+        self.column[rows] = column
+        if history is not None:
+            self.history[rows] = history
+        for mine, new in zip(self.state, state, strict=True):
+            mine[rows] = new
+
+    def _step_rows(self) -> torch.Tensor:
+        """The general step: the rows in use, eagerly; each group of equal settings sampled together."""
+        n = len(self.rows)
+        c = self.config
+        if self.used + 1 > self.length:
+            self._compact()
+        for i, r in enumerate(self.rows):  # a guided row's text-free twin is fed the same column
+            if isinstance(r, _Row) and r.pair is not None:
+                self.column[r.pair] = self.column[i]
+        logits = self.model.decode_audio_step(self.column[:n], self._view(range(n)))
+        self.used += 1
+        sampled = torch.full((n, c.num_codebooks), c.stream_eos_id, dtype=torch.long, device=logits.device)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(self.rows):
+            if isinstance(r, _Row):
+                s = r.request.settings
+                groups.setdefault(dataclasses.astuple(s), []).append(i)
+        for rows in groups.values():
+            s = self.rows[rows[0]].request.settings
+            index = torch.tensor(rows, device=logits.device)
+            lg = logits[index]
+            if s.cfg_scale != 1:
+                pairs = torch.tensor([self.rows[i].pair for i in rows], device=logits.device)
+                lg = sampling.guide(lg, logits[pairs], s.cfg_scale, c.codebook_size)
+            ras = s.ras_window > 0 and s.temperature > 0
+            k = sampling.draws(s.temperature, ras)
+            draws = [
+                sampling.exponential_noise((1, *lg.shape[1:]), k, self.rows[i].rng, lg.device) for i in rows
+            ]
+            noise = tuple(torch.cat(d) for d in zip(*draws, strict=True)) if k else ()
+            history = self.history[index, MAX_RAS_WINDOW - s.ras_window :] if ras else None
+            sampled[index] = sampling.sample(
+                lg,
+                s.temperature,
+                s.top_k,
+                s.top_p,
+                history=history,
+                ras_max_repeat=s.ras_max_repeat,
+                noise=noise,
+            )
+        for i, r in enumerate(self.rows):
+            if isinstance(r, _Row) and r.pair is not None:
+                sampled[r.pair] = sampled[i]
+        state = delay.DelayState(*(x[:n] for x in self.state))
+        column, state = delay.force(sampled, state, c.stream_ids)
+        history = torch.cat([self.history[:n, 1:], column[:, None]], dim=1)
+        self._set(slice(0, n), column, history, state)
+        live = [i for i, r in enumerate(self.rows) if isinstance(r, _Row)]
+        at = torch.tensor([self.rows[i].t for i in live], device=logits.device)
+        rows = torch.tensor(live, device=logits.device)
+        self.columns[rows, at] = column[rows]
+        for i in live:
+            self.rows[i].t += 1
+        self.t += 1
+        return column
+
+    # ---- rows out -------------------------------------------------------------------------------------------
+    def ended(self) -> list[int]:
+        """Rows whose stream has closed, or that have emitted their `max_new_tokens` columns (a host sync)."""
+        live = self._cond_rows()
+        if not live:
+            return []
+        done = self.state.done[live].tolist()
+        return [
+            i
+            for i, d in zip(live, done, strict=True)
+            if d or self.rows[i].t >= self.rows[i].request.max_new_tokens
+        ]
+
+    def all_done(self) -> bool:
+        """Every row's stream has closed (a host sync)."""
+        live = self._cond_rows()
+        return bool(self.state.done[live].all())
+
+    @torch.inference_mode()
+    def finish(self, row: int, steps: int | None = None) -> GenerationResult:
+        """Row `row`'s result (its first `steps` columns; default all it emitted); the row is free after."""
+        r = self.rows[row]
+        steps = r.t if steps is None else steps
+        cols = self.columns[row, :steps].cpu().T
+        done, end_frame = bool(self.state.done[row]), int(self.state.end_frame[row])
+        frames = delay.finished_frames(cols, self.config.stream_ids, end_frame=end_frame)
+        stats = dataclasses.replace(r.stats, steps=steps, frames=frames.shape[1])
+        self.rows[row] = None
+        if r.pair is not None:
+            self.rows[r.pair] = None
+        self.state.done[row] = True
+        if self.continuous:
+            self.cache.valid[row] = False
+            if r.pair is not None:
+                self.cache.valid[r.pair] = False
+            while self.rows and self.rows[-1] is None:  # steps run over the rows up to the last in use
+                self.rows.pop()
+        return GenerationResult(
+            codes=frames,
+            columns=cols,
+            finished=done,
+            stream_ids=self.config.stream_ids,
+            seed=r.request.seed,
+            stats=stats,
+        )
+
+    def stats_of(self, row: int) -> GenerationStats:
+        return self.rows[row].stats
+
+
+class _PairRow:
+    """A row holding a guided request's prompt without its text (or a row being filled)."""
+
+    def __init__(self, of: int):
+        self.of = of
+
+
+def _is_pair(r) -> bool:
+    return isinstance(r, _PairRow)
+
+
+def _stats(prompt_tokens: int, dev: torch.device) -> GenerationStats:
+    return GenerationStats(prompt_tokens=prompt_tokens, device=str(dev))
+
+
+def check_context(prompt: int, max_new_tokens: int, context: int) -> None:
+    if prompt + max_new_tokens > context:
+        raise HiggsLabError(
+            f"prompt ({prompt} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of {context} positions"
+        )
+
+
+def _pad(prompts, prompt_codes, c, dev):
+    """Left-pad prompts to `[B, T]` with a mask; stack their audio codes to `[B, n_q, F]`."""
+    prompts = [torch.as_tensor(p, dtype=torch.long) for p in prompts]
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), c.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p) :] = p
+        mask[b, T - len(p) :] = 1
+    frames = [x.shape[-1] for x in prompt_codes if x is not None]
+    codes = None
+    if frames:
+        codes = torch.zeros(len(prompts), c.num_codebooks, max(frames), dtype=torch.long)
+        for b, x in enumerate(prompt_codes):
+            if x is not None:
+                codes[b, :, : x.shape[-1]] = x
+        codes = codes.to(dev)
+    return ids.to(dev), (None if mask.all() else mask.to(dev)), codes
+
+
+def step_function(model, settings: SamplingSettings, compile: bool | str, cache: dict) -> Callable:
+    """The decode step of rows that share `settings`: logits → sampled column → delay forcing; pure device
+    work, fixed shapes.
+
+    `history` `[B, W, n_q]` holds the last W emitted columns for repetition-aware sampling (slots not yet
+    filled hold -1, which matches no code); it is None when RAS is off. `noise`: the step's Exp(1) draws
+    (`sampling.exponential_noise`). Compiled (`compile`: True or a torch.compile mode) once per sampling
+    setting and kept in `cache`."""
+    scale = settings.cfg_scale
+    key = (settings.temperature, settings.top_k, settings.top_p, settings.ras_max_repeat, scale, compile)
+    if key in cache:
+        return cache[key]
+    stream_ids = model.config.stream_ids
+
+    def step(column, history, state, kv, noise):
+        if scale == 1:
+            logits = model.decode_audio_step(column, kv)
+        else:  # rows B.. of the cache are the prompts without their text, fed the same columns
+            cond, uncond = model.decode_audio_step(torch.cat([column, column]), kv).chunk(2)
+            logits = sampling.guide(cond, uncond, scale, model.config.codebook_size)
+        sampled = sampling.sample(
+            logits,  # sample() works in float32
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            history=history,
+            ras_max_repeat=settings.ras_max_repeat,
+            noise=noise,
+        )
+        column, state = delay.force(sampled, state, stream_ids)
+        if history is not None:
+            history = torch.cat([history[:, 1:], column[:, None]], dim=1)
+        return column, history, state
+
+    if compile:
+        # True: torch.compile's default mode; a string is a torch.compile mode ("reduce-overhead" = CUDA graphs)
+        mode = compile if isinstance(compile, str) else None
+        # on the CPU a C++ wrapper calls the step's kernels without Python in between (bench/RESULTS.md);
+        # torch.compile takes options or a mode, not both
+        cpu = mode is None and model.device.type == "cpu"
+        step = torch.compile(step, dynamic=False, mode=mode, options={"cpp_wrapper": True} if cpu else None)
+    cache[key] = step
+    return step
+
+
+def _skipping_guards(step: Callable) -> Callable:
+    """`step` run with torch.compile checking only the guards that tell its compiled variants apart."""
+
+    def run(*args):
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            return step(*args)
+
+    return run
