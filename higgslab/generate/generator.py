@@ -359,6 +359,41 @@ class Generator:
             result.stats.audio_decode_s = time.perf_counter() - t0
         return result
 
+    def request(
+        self,
+        text: str,
+        *,
+        scene: str | None = None,
+        voice: str | Sequence[str] | None = None,
+        voices_dir: str | Path | None = None,
+        references: Sequence[Reference] | None = None,
+        max_new_tokens: int = 2048,
+        seed: int | None = None,
+        cfg_scale: float | None = None,
+        **sampling_kw,
+    ) -> Request:
+        """The `Request` that `generate(text=..., ...)` decodes, for a `DecodeSession` or a
+        `batching.ContinuousBatcher`: the prompt (with the `voice` from `voices_dir`, or `references`),
+        the settings (checked), `seed` (None: drawn) and, with guidance, the prompt without its text."""
+        from higgslab.generate.prompt import check_user_text
+
+        settings = self._settings(cfg_scale, **sampling_kw)
+        settings.check()
+        if max_new_tokens < 1:
+            raise HiggsLabError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_user_text(text, "text")
+        if references is None:
+            references = self.references(voice, voices_dir)
+        p = self.build_prompt(text, scene, references=references)
+        return Request(
+            p.input_ids,
+            p.audio_codes,
+            settings,
+            longform.draw_seed() if seed is None else seed,
+            max_new_tokens,
+            p.without_text() if settings.cfg_scale != 1 else None,
+        )
+
     def _decode(self, codes: torch.Tensor) -> np.ndarray:
         """Codes `[n_q, F]` → float32 audio; no frame (stream closed at once) → no samples."""
         if codes.shape[1] == 0:

@@ -1,0 +1,251 @@
+"""Continuous batching: requests join a running `DecodeSession` in free rows between steps and leave it when
+their stream closes, each with its own seed and sampling settings.
+
+    batcher = ContinuousBatcher(gen.model, rows=16, max_tokens=2560)
+    job = batcher.submit(gen.request("Hello.", seed=1), on_frames=print)  # frames [n_q, k] as they complete
+    batcher.run_until_idle()          # or batcher.start(): a thread that steps whenever there is work
+    job.result.codes                  # [n_q, F], what `Generator.generate` gives for the same request
+
+Alone or beside others, a request is sampled from the same draws of its own seed by the same ops on its own
+logits (`DecodeSession`); the logits themselves are computed in a batch, through masked attention, and may
+differ in their last bits from those of a run alone. In float32 that has not changed a code in the tests
+(greedy and sampled: tests/generate/test_batching.py); in bf16 a near tie can fall the other way, and the
+two streams part from there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from higgslab import delay
+from higgslab.errors import HiggsLabError
+from higgslab.generate.result import GenerationResult
+from higgslab.generate.session import DecodeSession, Request
+from higgslab.model import packing
+
+
+class QueueFull(HiggsLabError):
+    """The batcher's queue holds `max_queue` requests already."""
+
+
+@dataclass
+class Job:
+    """One request in a `ContinuousBatcher`: its frames go to `on_frames` as they complete, its result to
+    `result` (or its failure to `error`) when it leaves; `done` is set then."""
+
+    request: Request
+    on_frames: Callable[[torch.Tensor], object] | None = None
+    result: GenerationResult | None = None
+    error: str | None = None
+    cancelled: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None
+    first_frame_at: float | None = None
+    row: int | None = None
+    _frames: delay.DelayScheduler | None = None
+
+    def wait(self, timeout: float | None = None) -> GenerationResult:
+        """Block until the job has left the batcher; its result (raises `HiggsLabError` if it failed)."""
+        if not self.done.wait(timeout):
+            raise HiggsLabError(f"the request did not finish within {timeout} s")
+        if self.error is not None:
+            raise HiggsLabError(self.error)
+        return self.result
+
+
+@dataclass
+class BatcherStats:
+    """Counters since the batcher started (what a server's /metrics reports)."""
+
+    submitted: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    steps: int = 0
+    row_steps: int = 0  # sum over steps of the requests decoding: occupancy = row_steps / (steps · rows)
+    frames: int = 0  # complete frames handed out
+    decode_s: float = 0.0
+    first_audio_s: list[float] = field(default_factory=list)  # per request, submit → its first frame
+
+
+class ContinuousBatcher:
+    """Admits `Request`s into a continuous `DecodeSession` of `rows` rows (a request with guidance takes two),
+    `max_tokens` prompt + new tokens each, queueing up to `max_queue` more."""
+
+    def __init__(self, model, rows: int = 16, max_tokens: int = 2560, max_queue: int = 64):
+        if rows < 1 or max_tokens < 2 or max_queue < 0:
+            raise HiggsLabError(
+                f"rows, max_tokens, max_queue must be >= 1, 2, 0; got {rows}, {max_tokens}, {max_queue}"
+            )
+        self.model, self.rows, self.max_tokens, self.max_queue = model, rows, max_tokens, max_queue
+        if model.device.type == "cpu":
+            packing.pack_for_decode(model)  # as Generator does on the CPU (model/packing.py)
+        self.session = DecodeSession(model, capacity=rows, length=2 * max_tokens)
+        self.queue: deque[Job] = deque()
+        self.running: dict[int, Job] = {}  # row → job
+        self.stats = BatcherStats()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+    # ---- requests in ----------------------------------------------------------------------------------------
+    def submit(self, request: Request, on_frames: Callable[[torch.Tensor], object] | None = None) -> Job:
+        """Queue `request`; raises `QueueFull` when `max_queue` requests wait already, `HiggsLabError` for
+        one that could never run here."""
+        request.settings.check()
+        need = len(request.ids) + request.max_new_tokens
+        if request.guided:
+            need = max(need, len(request.unconditional) + request.max_new_tokens)
+        if need > self.max_tokens:
+            raise HiggsLabError(
+                f"prompt ({len(request.ids)} tokens) + max_new_tokens ({request.max_new_tokens}) exceeds "
+                f"the batcher's {self.max_tokens} tokens per request"
+            )
+        if request.guided and self.rows < 2:
+            raise HiggsLabError(
+                "a request with guidance (cfg_scale != 1) needs two rows; this batcher has one"
+            )
+        job = Job(request, on_frames)
+        with self._lock:
+            if len(self.queue) >= self.max_queue:
+                raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
+            self.queue.append(job)
+            self.stats.submitted += 1
+            self._wake.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Drop `job`: out of the queue, or its row freed before the next step."""
+        with self._lock:
+            job.cancelled = True
+            self._wake.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self.queue)
+
+    @property
+    def busy_rows(self) -> int:
+        return sum(2 if j.request.guided else 1 for j in self.running.values())
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Retire cancelled jobs, admit queued ones into free rows, run one decode step, hand out frames,
+        retire finished jobs. False when there was nothing to do."""
+        with self._lock:
+            for job in [j for j in self.queue if j.cancelled]:
+                self.queue.remove(job)
+                self._leave(job, cancelled=True)
+            for row, job in list(self.running.items()):
+                if job.cancelled:
+                    self.session.finish(row)
+                    del self.running[row]
+                    self._leave(job, cancelled=True)
+            admit = []
+            while self.queue and self.session.free_rows() - sum(
+                2 if j.request.guided else 1 for j in admit
+            ) >= (2 if self.queue[0].request.guided else 1):
+                admit.append(self.queue.popleft())
+        for job in admit:
+            try:
+                job.row = self.session.prefill([job.request])[0]
+            except HiggsLabError as e:
+                job.error = str(e)
+                self._leave(job, failed=True)
+                continue
+            job.started_at = time.perf_counter()
+            c = self.model.config
+            job._frames = delay.DelayScheduler(c.num_codebooks, c.stream_ids)
+            job._frames.push(self.session.column[job.row])
+            self.running[job.row] = job
+        if not self.running:
+            return False
+        t0 = time.perf_counter()
+        column = self.session.step()
+        rows = sorted(self.running)
+        index = torch.tensor(rows, device=column.device)
+        # one host copy per step: every running row's column, end frame and done flag
+        host = torch.cat(
+            [
+                column[index],
+                self.session.state.end_frame[index, None],
+                self.session.state.done[index, None].long(),
+            ],
+            1,
+        ).cpu()
+        self.stats.steps += 1
+        self.stats.row_steps += len(rows)
+        for i, row in enumerate(rows):
+            job = self.running[row]
+            frames = job._frames.push(host[i, :-2], end_frame=int(host[i, -2]))
+            if frames.shape[1]:
+                self.stats.frames += frames.shape[1]
+                if job.first_frame_at is None:
+                    job.first_frame_at = time.perf_counter()
+                    self.stats.first_audio_s.append(job.first_frame_at - job.submitted_at)
+                if job.on_frames is not None:
+                    job.on_frames(frames)
+            session_row = self.session.rows[row]
+            if bool(host[i, -1]) or session_row.t >= job.request.max_new_tokens:
+                job.result = self.session.finish(row)
+                del self.running[row]
+                self._leave(job)
+        self.stats.decode_s += time.perf_counter() - t0
+        return True
+
+    def _leave(self, job: Job, cancelled: bool = False, failed: bool = False) -> None:
+        if cancelled:
+            self.stats.cancelled += 1
+        elif failed:
+            self.stats.failed += 1
+        else:
+            self.stats.finished += 1
+        job.done.set()
+
+    def run_until_idle(self) -> None:
+        """Step until the queue is empty and no request is decoding (in this thread)."""
+        while self.step() or self.queue:
+            pass
+
+    def start(self) -> None:
+        """Step in a daemon thread whenever there is work, until `stop`."""
+        if self._thread is not None:
+            return
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="higgslab-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stop and not self.queue and not self.running:
+                    self._wake.wait()
+                if self._stop:
+                    return
+            try:
+                self.step()
+            except Exception as e:  # noqa: BLE001 - a failed step fails its requests, not the thread
+                self._fail_all(f"decoding failed: {type(e).__name__}: {e}")
+
+    def _fail_all(self, message: str) -> None:
+        for row, job in list(self.running.items()):
+            job.error = message
+            self.session.finish(row)
+            del self.running[row]
+            self._leave(job, failed=True)
