@@ -1,0 +1,137 @@
+"""Continuous batching: requests that join and leave a running DecodeSession give their alone codes."""
+
+import pytest
+import torch
+
+from higgslab.errors import HiggsLabError
+from higgslab.generate.batching import ContinuousBatcher, QueueFull
+from higgslab.generate.generator import Generator
+from higgslab.generate.session import DecodeSession
+from tests.generate.test_longform import ASSETS
+
+TEXTS = [
+    "Hello there, how are you today?",
+    "The quick brown fox jumps over the lazy dog.",
+    "One, two, three.",
+    "A long time ago, in a land far away.",
+]
+# greedy and sampled, with and without guidance and RAS, different filters: each row its own settings
+SETTINGS = [
+    dict(temperature=0),
+    dict(temperature=0.8, top_k=50, top_p=0.95),
+    dict(temperature=0.3, cfg_scale=1.0),
+    dict(temperature=1.0, top_k=0, top_p=0.8, ras_window=3),
+    dict(temperature=0.6, cfg_scale=1.5),
+    dict(temperature=0, cfg_scale=1.0, ras_window=0),
+]
+STEPS = 120
+
+
+@pytest.fixture(scope="module")
+def mini():
+    """The shipped mini's LM (float32 on the CPU; guidance 2 by default: a request takes two rows)."""
+    return Generator.from_paths(ASSETS / "model", device="cpu", compile=False)
+
+
+@pytest.fixture(scope="module")
+def requests(mini):
+    return [
+        mini.request(TEXTS[i % 4], seed=10 + i, max_new_tokens=STEPS, **kw) for i, kw in enumerate(SETTINGS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def alone(mini):
+    return [
+        mini.generate(text=TEXTS[i % 4], seed=10 + i, max_new_tokens=STEPS, **kw).codes
+        for i, kw in enumerate(SETTINGS)
+    ]
+
+
+def test_rows_joining_a_running_session_give_their_alone_codes(mini, requests, alone):
+    """Requests join every few steps into free rows, leave as their streams close; the cache is short enough
+    that the write cursor reaches its end and the oldest slots are dropped under running rows."""
+    longest = max(len(r.ids) for r in requests) + STEPS
+    session = DecodeSession(mini.model, capacity=3, length=2 * longest)
+    compactions = []
+    compact = session._compact
+    session._compact = lambda: (compactions.append(session.used), compact())
+    pending, rows, codes, step = list(range(len(requests))), {}, {}, 0
+    while pending or not session.idle:
+        need = 2 if pending and requests[pending[0]].guided else 1
+        if pending and step % 9 == 0 and session.free_rows() >= need:
+            i = pending.pop(0)
+            rows[session.prefill([requests[i]])[0]] = i
+        if not session.idle:
+            session.step()
+        step += 1
+        for row in session.ended():
+            codes[rows.pop(row)] = session.finish(row).codes
+        assert session.used <= session.length
+    assert compactions, "the cache never filled: the test no longer covers dropping slots"
+    for i, expected in enumerate(alone):
+        assert torch.equal(codes[i], expected), (i, SETTINGS[i])
+    assert session.rows == []
+
+
+def test_batcher_streams_frames_and_frees_cancelled_rows(mini, requests, alone):
+    """Two rows: one guided request at a time, the rest queue. A cancelled request leaves at once and the
+    next takes its rows; the frames handed out as they complete are the result's codes."""
+    batcher = ContinuousBatcher(mini.model, rows=2, max_tokens=max(len(r.ids) for r in requests) + STEPS)
+    frames: dict[int, list] = {i: [] for i in range(3)}
+    jobs = [batcher.submit(r, on_frames=frames[i].append) for i, r in enumerate(requests[:3])]
+    assert batcher.queued == 3
+    for _ in range(5):
+        batcher.step()
+    assert jobs[0].row is not None and batcher.queued == 2  # guided: both rows taken
+    batcher.cancel(jobs[0])
+    batcher.step()
+    assert jobs[0].done.is_set() and jobs[0].result is None and jobs[1].row == 0
+    batcher.run_until_idle()
+    for i in (1, 2):
+        assert torch.equal(jobs[i].wait(0).codes, alone[i])
+        assert torch.equal(torch.cat(frames[i], 1), alone[i])
+    s = batcher.stats
+    assert (s.submitted, s.finished, s.cancelled, s.failed) == (3, 2, 1, 0)
+    assert (
+        batcher.busy_rows == 0 and batcher.session.rows == [] and len(s.first_audio_s) == 2
+    )  # the cancelled one had none yet
+
+
+def test_batcher_runs_in_its_thread(mini, requests, alone):
+    batcher = ContinuousBatcher(mini.model, rows=8, max_tokens=200)
+    batcher.start()
+    try:
+        jobs = [batcher.submit(r) for r in requests[:4]]
+        assert [torch.equal(j.wait(60).codes, a) for j, a in zip(jobs, alone, strict=False)] == [True] * 4
+    finally:
+        batcher.stop()
+    assert batcher.session.rows == []
+
+
+def test_batcher_refuses_what_it_cannot_run(mini, requests):
+    batcher = ContinuousBatcher(mini.model, rows=1, max_tokens=60, max_queue=1)
+    with pytest.raises(HiggsLabError, match=r"exceeds the batcher's 60 tokens per request"):
+        batcher.submit(requests[2])
+    short = mini.request("Hi.", seed=1, max_new_tokens=8, cfg_scale=1.0)
+    with pytest.raises(HiggsLabError, match="needs two rows"):
+        batcher.submit(mini.request("Hi.", seed=1, max_new_tokens=8))
+    batcher.submit(short)
+    with pytest.raises(QueueFull, match=r"the queue is full \(1 requests waiting\)"):
+        batcher.submit(short)
+    with pytest.raises(HiggsLabError, match="temperature must be >= 0"):
+        mini.request("Hi.", temperature=-1)
+    with pytest.raises(HiggsLabError, match="rows, max_tokens, max_queue must be"):
+        ContinuousBatcher(mini.model, rows=0)
+
+
+def test_session_refuses_joins_it_cannot_take(mini, requests):
+    together = DecodeSession(mini.model)
+    together.prefill([requests[2]])
+    with pytest.raises(HiggsLabError, match="decodes one batch together"):
+        together.prefill([requests[5]])
+    session = DecodeSession(mini.model, capacity=1, length=400)
+    with pytest.raises(HiggsLabError, match="no free row"):
+        session.prefill([requests[0]])  # guided: two rows
+    with pytest.raises(HiggsLabError, match="exceeds half of this session's cache"):
+        DecodeSession(mini.model, capacity=1, length=100).prefill([requests[2]])
