@@ -163,12 +163,10 @@ class DecodeSession:
         if guided:
             self.rows += [_PairRow(i) for i in range(B)]
         # one step function for all rows: one setting, and one generator drawing the batch's noise
-        first = requests[0].settings
-        if all(r.settings == first for r in requests) and (
-            B == 1 or all(r.rng is shared for r in requests[1:])
-        ):
-            if shared is not None or B == 1:
-                self._uniform = first
+        first, shared = requests[0].settings, requests[0].rng
+        one_rng = B == 1 or (shared is not None and all(r.rng is shared for r in requests))
+        if one_rng and all(r.settings == first for r in requests):
+            self._uniform = first
         if self._uniform is not None:  # the cond rows only: the step feeds the text-free rows their column
             self._allocate(B, first.ras_window, longest)
         else:
@@ -236,7 +234,7 @@ class DecodeSession:
     def _take_row(self) -> int:
         for i, r in enumerate(self.rows):
             if r is None:
-                self.rows[i] = _PairRow(-1)  # taken; filled by the caller
+                self.rows[i] = _PairRow(-1)  # taken: the caller puts the row's request there
                 return i
         self.rows.append(_PairRow(-1))
         return len(self.rows) - 1

@@ -74,6 +74,21 @@ def test_rows_joining_a_running_session_give_their_alone_codes(mini, requests, a
     assert session.rows == []
 
 
+def test_prompts_prefilled_together_with_their_own_settings(mini, requests, alone):
+    """A fresh session takes prompts with different settings and seeds together (left-padded): each row
+    is sampled on its own, as alone."""
+    session = DecodeSession(mini.model)
+    picked = [i for i in range(len(requests)) if not requests[i].guided]
+    rows = session.prefill([requests[i] for i in picked])
+    results = {}
+    while len(results) < len(rows):
+        session.step()
+        for row in session.ended():
+            results[row] = session.finish(row)
+    for row, i in zip(rows, picked, strict=True):
+        assert torch.equal(results[row].codes, alone[i]), SETTINGS[i]
+
+
 def test_batcher_streams_frames_and_frees_cancelled_rows(mini, requests, alone):
     """Two rows: one guided request at a time, the rest queue. A cancelled request leaves at once and the
     next takes its rows; the frames handed out as they complete are the result's codes."""
