@@ -149,23 +149,12 @@ class ContinuousBatcher:
                     self.session.finish(row)
                     del self.running[row]
                     self._leave(job, cancelled=True)
-            admit = []
-            while self.queue and self.session.free_rows() - sum(
-                2 if j.request.guided else 1 for j in admit
-            ) >= (2 if self.queue[0].request.guided else 1):
-                admit.append(self.queue.popleft())
-        for job in admit:
-            try:
-                job.row = self.session.prefill([job.request])[0]
-            except HiggsLabError as e:
-                job.error = str(e)
-                self._leave(job, failed=True)
-                continue
-            job.started_at = time.perf_counter()
-            c = self.model.config
-            job._frames = delay.DelayScheduler(c.num_codebooks, c.stream_ids)
-            job._frames.push(self.session.column[job.row])
-            self.running[job.row] = job
+        while True:  # admit from the queue's head while its request finds its rows free
+            with self._lock:
+                if not self.queue or not self.session.can_take(self.queue[0].request):
+                    break
+                job = self.queue.popleft()
+            self._admit(job)
         if not self.running:
             return False
         t0 = time.perf_counter()
@@ -200,6 +189,19 @@ class ContinuousBatcher:
                 self._leave(job)
         self.stats.decode_s += time.perf_counter() - t0
         return True
+
+    def _admit(self, job: Job) -> None:
+        try:
+            job.row = self.session.prefill([job.request])[0]
+        except HiggsLabError as e:
+            job.error = str(e)
+            self._leave(job, failed=True)
+            return
+        job.started_at = time.perf_counter()
+        c = self.model.config
+        job._frames = delay.DelayScheduler(c.num_codebooks, c.stream_ids)
+        job._frames.push(self.session.column[job.row])
+        self.running[job.row] = job
 
     def _leave(self, job: Job, cancelled: bool = False, failed: bool = False) -> None:
         if cancelled:

@@ -133,7 +133,7 @@ class DecodeSession:
         return [self._join(r) for r in requests]
 
     def free_rows(self) -> int:
-        """How many more requests without guidance can join now."""
+        """Rows not in use."""
         n = 0 if self.capacity is None else self.capacity - len(self.rows)
         return n + sum(r is None for r in self.rows)
 
@@ -205,10 +205,13 @@ class DecodeSession:
             raise HiggsLabError(
                 f"ras_window must be <= {MAX_RAS_WINDOW} here, got {request.settings.ras_window}"
             )
-        need = 2 if request.guided else 1
-        if self.free_rows() < need:
-            raise HiggsLabError(f"no free row: all {self.capacity} rows are decoding")
         prompts = [request.ids] + ([request.unconditional] if request.guided else [])
+        rows = self._take_rows(len(prompts))
+        if rows is None:
+            raise HiggsLabError(
+                f"no {len(prompts)} free row(s) side by side: {self.capacity - self.free_rows()} of "
+                f"{self.capacity} rows are decoding"
+            )
         longest = max(len(p) for p in prompts)
         check_context(longest, request.max_new_tokens, self.config.max_position_embeddings)
         if longest + request.max_new_tokens > self.length // 2:
@@ -216,43 +219,49 @@ class DecodeSession:
                 f"prompt ({longest} tokens) + max_new_tokens ({request.max_new_tokens}) exceeds half of this "
                 f"session's cache ({self.length} slots)"
             )
-        rows = []
-        for ids in prompts:
-            row = self._take_row()
-            rows.append(row)
-            self._prefill_row(row, ids, request.codes)
+        self._prefill_rows(rows, prompts, request.codes)
         dev = self.model.device
         rng = request.rng if request.rng is not None else sampling.seeded_generator(request.seed, dev)
-        self.rows[rows[0]] = _Row(
-            request, rng, rows[1] if request.guided else None, stats=_stats(len(request.ids), dev)
-        )
-        if request.guided:
-            self.rows[rows[1]] = _PairRow(rows[0])
+        pair = rows[1] if request.guided else None
+        self.rows[rows[0]] = _Row(request, rng, pair, stats=_stats(len(request.ids), dev))
+        if pair is not None:
+            self.rows[pair] = _PairRow(rows[0])
         self._init_state(rows)
         return rows[0]
 
-    def _take_row(self) -> int:
-        for i, r in enumerate(self.rows):
-            if r is None:
-                self.rows[i] = _PairRow(-1)  # taken: the caller puts the row's request there
-                return i
-        self.rows.append(_PairRow(-1))
-        return len(self.rows) - 1
+    def can_take(self, request: Request) -> bool:
+        """Whether `request` can join now: the rows it takes (two with guidance) are free side by side."""
+        return self._free_run(2 if request.guided else 1) is not None
 
-    def _prefill_row(self, row: int, ids: torch.Tensor, codes: torch.Tensor | None) -> None:
-        """One prompt, alone, into `row`'s slots that end at the write cursor (moved on if it is too short)."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.model.device)
-        P, cache = len(ids), self.cache
+    def _free_run(self, k: int) -> int | None:
+        """The first of `k` free rows side by side, or None."""
+        free = [r is None for r in self.rows] + [True] * (self.capacity - len(self.rows))
+        return next((i for i in range(len(free) - k + 1) if all(free[i : i + k])), None)
+
+    def _take_rows(self, k: int) -> list[int] | None:
+        """`k` free rows side by side (a prompt and its text-free twin are prefilled together, as a run
+        alone prefills them), or None."""
+        i = self._free_run(k)
+        if i is None:
+            return None
+        self.rows += [None] * max(0, i + k - len(self.rows))
+        return list(range(i, i + k))
+
+    def _prefill_rows(self, rows: list[int], prompts: list, codes: torch.Tensor | None) -> None:
+        """`prompts` into `rows` (side by side), left-padded together, in the slots that end at the write
+        cursor (moved on if it is too short for them)."""
+        cache = self.cache
+        ids, mask, codes = _pad(prompts, [codes] * len(prompts), self.config, self.model.device)
+        P = ids.shape[1]
         if P > self.used:  # the other rows get empty (masked) slots up to the prompt's length
             self.used = P
             cache.length.fill_(P)
-        cache.valid[row] = False
-        cache.is_audio[row] = False
-        cache.seen[row] = 0
+        for row in rows:
+            cache.valid[row] = False
+            cache.is_audio[row] = False
+            cache.seen[row] = 0
         cache.padded = True
-        view = self._view([row], start=self.used - P, written=0)
-        codes = None if codes is None else codes[None].to(self.model.device)
-        self.model(ids[None], codes, None, cache=view, logits="none")
+        self.model(ids, codes, mask, cache=self._view(rows, start=self.used - P, written=0), logits="none")
 
     def _compact(self) -> None:
         """Drop the slots before the oldest running prompt: every row's keys move left by as many."""
@@ -279,7 +288,7 @@ class DecodeSession:
         written = self.used - start if written is None else written
         c = self.cache
         sel = slice(rows[0], rows[-1] + 1)
-        if start == 0 and sel == slice(0, c.valid.shape[0]):
+        if start == 0 and written == self.used and sel == slice(0, c.valid.shape[0]):
             c.used = self.used
             c.length.fill_(self.used)
             return c
