@@ -30,6 +30,9 @@ from higgslab.generate.session import DecodeSession, Request
 from higgslab.model import packing
 
 
+FIRST_AUDIO_KEPT = 10_000
+
+
 class QueueFull(HiggsLabError):
     """The batcher's queue holds `max_queue` requests already."""
 
@@ -72,7 +75,8 @@ class BatcherStats:
     row_steps: int = 0  # sum over steps of the requests decoding: occupancy = row_steps / (steps · rows)
     frames: int = 0  # complete frames handed out
     decode_s: float = 0.0
-    first_audio_s: list[float] = field(default_factory=list)  # per request, submit → its first frame
+    # per request, submit → its first frame: the latest FIRST_AUDIO_KEPT (a server runs for long)
+    first_audio_s: deque[float] = field(default_factory=lambda: deque(maxlen=FIRST_AUDIO_KEPT))
 
 
 class ContinuousBatcher:
