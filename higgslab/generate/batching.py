@@ -29,7 +29,6 @@ from higgslab.generate.result import GenerationResult
 from higgslab.generate.session import DecodeSession, Request
 from higgslab.model import packing
 
-
 FIRST_AUDIO_KEPT = 10_000
 
 
