@@ -13,18 +13,19 @@ requests joining and leaving) drive it.
             result = session.finish(row)
 
 Two ways in:
-- the first `prefill` of a fresh session prefills its prompts together, left-padded, into a cache sized for
-  them (`length`); when they share their sampling settings, every step is one fixed-shape function that can be
-  compiled (`compile`) or captured as a CUDA graph: `Generator`'s path, unchanged;
-- a `prefill` while rows are running puts each prompt into a free row (`capacity` rows) of the running cache:
-  the prompt alone is prefilled, into that row's slots just before the write cursor (shared by all rows, so a
-  step writes every row at one position). When the cursor reaches the cache's end, the slots before the
-  oldest running row's prompt are dropped (`_compact`). Steps then run eagerly over the rows in use, each
-  group of rows with equal settings sampled together, each row drawing its noise from its own seed.
-A row is sampled exactly as it would be alone: the same draws from its seed, the same sampling ops on its
-own logits. What can differ is the logits' last bits, as the rows share matrix products and attention
-masks
-(see `ContinuousBatcher`).
+- a fresh session (no `capacity`/`length`) prefills the prompts of its one `prefill` together, left-padded,
+  into a cache sized for them; when they share their settings and generator, every step is one fixed-shape
+  function that can be compiled (`compile`) or captured as a CUDA graph: `Generator`'s path;
+- a continuous session (`capacity` rows of `length` slots) takes each `prefill`'s requests into free rows
+  while others run: a request's prompt (and its text-free twin, in the row beside it) is prefilled as a
+  run alone prefills it, into the slots just before the write cursor. The cursor is shared (a step writes
+  every row at one slot), so the other rows see masked empty slots there; when it reaches the cache's end,
+  the slots before the oldest running prompt are dropped (`_compact`). Steps run eagerly over the rows up to
+  the last in use, each group of rows with equal settings sampled together, each row drawing its noise from
+  its own seed's generator.
+A row is sampled as it would be alone: the same draws from its seed, the same sampling ops on its own
+logits. Only the logits' last bits can differ, where attention runs over a window widened by other rows'
+slots (masked) and matrix products take several rows (see `batching.py`).
 """
 
 from __future__ import annotations
