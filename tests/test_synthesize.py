@@ -1,6 +1,6 @@
 """`python -m higgslab.synthesize` on the tiny random checkpoints: each line's WAV is what `Generator.generate`
 makes for its seed, torchrun's 2 ranks write the same files as one process, a rerun speaks only what is
-missing, bad manifests are one line before anything loads."""
+missing, bad manifests are one line before anything loads, and eval scores the folder."""
 
 import json
 import os
@@ -222,6 +222,43 @@ def test_bad_input_on_the_command_line_is_one_line_exit_2_and_nothing_written(tm
         assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
         assert proc.stderr.count("\n") == 1 and proc.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
+
+
+def test_eval_scores_the_folder_without_loading_a_model(one_process, tmp_path, monkeypatch):
+    from higgslab.eval import __main__ as eval_cli
+    from higgslab.eval import quality
+    from higgslab.eval.report import validate
+    from higgslab.generate.generator import Generator
+
+    _, out, _, _ = one_process
+    heard = []
+    monkeypatch.setattr(quality, "missing", lambda: None)
+    monkeypatch.setattr(
+        quality, "transcribe", lambda audio, sr: heard.append((len(audio), sr)) or "hello there"
+    )
+    monkeypatch.setattr(quality, "wer", lambda ref, hyp: float(ref.lower().rstrip(".") != hyp))
+    monkeypatch.setattr(Generator, "from_paths", lambda *a, **k: pytest.fail("eval loaded a model"))
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("eval", [f"audio_dir={out}", "mode=quality", f"output_dir={tmp_path}"])
+    report, folder = eval_cli.run(cfg, "test")
+    validate(json.loads((folder / "report.json").read_text()))
+    summary = summary_of(out)
+    q = report["quality"]
+    assert [(i["id"], i["text"]) for i in q["items"]] == [(r["id"], r["text"]) for r in summary["records"]]
+    assert [i["wer"] for i in q["items"]] == [0.0, 1.0, 1.0, 1.0] and q["wer"] == 0.75
+    assert [i["duration_s"] for i in q["items"]] == [r["duration_s"] for r in summary["records"]]
+    assert heard == [(round(r["duration_s"] * 24000), 24000) for r in summary["records"]]
+    assert report["model"] == summary["model"] and report["settings"]["audio_dir"] == str(out)
+    assert report["precision"]["status"] == "skipped"
+
+    for overrides, message in [
+        (["mode=all"], r"audio_dir scores the clips of a folder: it takes mode=quality, not all"),
+        (["mode=quality", f"audio_dir={tmp_path}"], r"holds no summary.json"),
+    ]:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("eval", [f"audio_dir={out}", *overrides])
+        with pytest.raises(HiggsLabError, match=message):
+            eval_cli.check_config(cfg)
 
 
 @pytest.mark.slow
