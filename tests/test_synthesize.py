@@ -5,7 +5,6 @@ missing, bad manifests are one line before anything loads, and eval scores the f
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from higgslab.conf import CONF_DIR
 from higgslab.errors import HiggsLabError
 from higgslab.synthesize import SAMPLING, read_manifest, run, settings_from
+from tests.ranks import free_port, run_ranks
 
 LINES = [
     {"text": "Hello there."},
@@ -112,12 +112,6 @@ def test_each_line_is_a_wav_of_what_generate_makes_with_its_seed(one_process, tm
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(manifest, out, *overrides, nproc: int = 2) -> subprocess.Popen:
     """`torchrun --nproc_per_node nproc -m higgslab.synthesize` on 127.0.0.1, in its own process group."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
@@ -140,17 +134,45 @@ def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
     return proc.returncode, printed.decode()
 
 
-def test_two_torchrun_ranks_write_the_files_of_one_process(one_process, tmp_path):
-    manifest, one, code, _ = one_process
-    returncode, printed = finish(torchrun(manifest, tmp_path / "two", "rows=1"))  # rows change nothing either
-    assert returncode == code, printed[-3000:]
-    two = tmp_path / "two"
+def assert_same_files(one, two) -> None:
+    """Every WAV and record of `two` is byte for byte that of `one`; the summaries hold the same records."""
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     for i in IDS:
         for ext in (".wav", ".json"):
             assert (two / f"{i}{ext}").read_bytes() == (one / f"{i}{ext}").read_bytes(), f"{i}{ext}"
     summary = summary_of(two)
     assert summary["world_size"] == 2 and summary["records"] == summary_of(one)["records"]
+
+
+def _rank(rank: int, world: int, port: int, cfg) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")  # fmt: skip
+    with redirect_stdout(StringIO()):
+        run(cfg)
+
+
+def test_two_forked_ranks_write_the_files_of_one_process(one_process, tmp_path):
+    """The fast variant of the torchrun test below: the CLI's `run` on 2 ranks forked from this process
+    (seconds, where torchrun's fresh interpreters take most of a minute), gloo on 127.0.0.1, one row each
+    (rows change nothing either)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    manifest, one, _, _ = one_process
+    cfg = config(f"manifest={manifest}", f"output_dir={tmp_path / 'two'}", *OVERRIDES, "rows=1")
+    # as tests/train/test_finetune.py: after tests/test_device.py renamed the privateuse1 backend, fresh ranks
+    renamed = torch._C._get_privateuse1_backend_name() != "privateuseone"
+    context = mp.get_context("spawn" if renamed else "fork")
+    assert run_ranks(context, _rank, (2, free_port(), cfg)) == [0, 0]
+    assert_same_files(one, tmp_path / "two")
+
+
+@pytest.mark.slow  # torchrun's two fresh interpreters: most of a minute
+def test_two_torchrun_ranks_write_the_files_of_one_process(one_process, tmp_path):
+    manifest, one, code, _ = one_process
+    returncode, printed = finish(torchrun(manifest, tmp_path / "two", "rows=1"))
+    assert returncode == code, printed[-3000:]
+    assert_same_files(one, tmp_path / "two")
 
 
 def test_a_rerun_speaks_only_what_is_missing(one_process, tmp_path):
@@ -211,16 +233,13 @@ def test_a_bad_manifest_is_one_line_naming_its_line(tmp_path, lines, message):
         read_manifest(s)
 
 
-def test_bad_input_on_the_command_line_is_one_line_exit_2_and_nothing_written(tmp_path):
+def test_a_bad_line_on_the_command_line_is_one_line_exit_2_and_nothing_written(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"text": "Hi."}\n{"text": "Hi.", "voice": "nobody"}\n')
-    for overrides, message in [
-        (["manifest=m.jsonl"], "error: output_dir is not set: pass output_dir=..."),
-        (["manifest=m.jsonl", "output_dir=out"], "error: manifest m.jsonl line 2: voice 'nobody' not found"),
-    ]:
-        proc = subprocess.run([sys.executable, "-m", "higgslab.synthesize", *overrides], capture_output=True,
-                              text=True, cwd=tmp_path, timeout=120)  # fmt: skip
-        assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
-        assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+    proc = subprocess.run([sys.executable, "-m", "higgslab.synthesize", "manifest=m.jsonl", "output_dir=out"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.startswith("error: manifest m.jsonl line 2: voice 'nobody' not found in ")
+    assert proc.stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
 
 
