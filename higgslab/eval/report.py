@@ -30,6 +30,23 @@ def skipped(reason: str) -> dict:
     return {"status": "skipped", "reason": reason}
 
 
+def model_info(gen, label: str, model_path, tokenizer_path, adapter_path) -> dict:
+    """The report's `model` section for a loaded `Generator` (`python -m higgslab.synthesize` records the
+    same in its summary, for eval to score its folder)."""
+    from higgslab.model.quant import spec_of
+
+    return {
+        "label": label if adapter_path is None else f"{label} + LoRA adapter {adapter_path}",
+        "model_path": str(model_path),
+        "tokenizer_path": None if tokenizer_path is None else str(tokenizer_path),
+        "adapter_path": adapter_path,
+        "quantize": getattr(spec_of(gen.model), "method", None),
+        "parameters": gen.model.num_parameters(text_head=False),
+        "dtype": str(gen.model.dtype).removeprefix("torch."),
+        "device": str(gen.model.device),
+    }
+
+
 def finite_json(value):
     """NaN/Inf → None (JSON has no such numbers), numpy scalars → Python ones, recursively."""
     if isinstance(value, dict):

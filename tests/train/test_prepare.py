@@ -9,7 +9,6 @@ import json
 import multiprocessing
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -24,6 +23,7 @@ from higgslab.generate.prompt import SYSTEM_MESSAGE
 from higgslab.io.audio import read_audio
 from higgslab.io.load import load_tokenizer
 from higgslab.train.prepare import prepare, settings_from, summary
+from tests.ranks import free_port, run_ranks
 from tests.train.conftest import compose
 from tests.train.prepare_rank import rank_main
 
@@ -370,12 +370,6 @@ def test_a_rerun_encodes_a_clip_again_only_when_its_audio_changed(clips, tokeniz
     assert torch.equal(codes["c2"].long(), load_tokenizer(tokenizer_dir).encode(*read_audio(data / "c2.ogg")))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two fresh interpreters each import torch and transformers (the tokenizer's DAC)
 def test_two_ranks_prepare_what_one_rank_does(clips, tokenizer_dir, tmp_path):
     bad = tmp_path / "data"
@@ -386,18 +380,8 @@ def test_two_ranks_prepare_what_one_rank_does(clips, tokenizer_dir, tmp_path):
     sf.write(bad / "nan.wav", np.full(24000, np.nan, np.float32), 24000, subtype="FLOAT")
     one = prepare(settings(bad, tmp_path / "one", tokenizer_dir, "shard_examples=1"))
 
-    context = multiprocessing.get_context("spawn")
     args = (2, free_port(), settings(bad, tmp_path / "two", tokenizer_dir, "shard_examples=1"))
-    ranks = [context.Process(target=rank_main, args=(rank, *args)) for rank in range(2)]
-    for p in ranks:
-        p.start()
-    for p in ranks:
-        p.join(timeout=120)
-    for p in ranks:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    assert [p.exitcode for p in ranks] == [0, 0]
+    assert run_ranks(multiprocessing.get_context("spawn"), rank_main, args) == [0, 0]
 
     entries_one, codes_one = read_folder_content(tmp_path / "one")
     entries_two, codes_two = read_folder_content(tmp_path / "two")
