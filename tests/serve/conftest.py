@@ -1,0 +1,63 @@
+"""One speech server around the shipped mini for the whole directory, on 127.0.0.1 and a free port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+
+def serve_settings(*overrides: str):
+    """`ServeSettings` as `python -m higgslab.serve` would compose them with `overrides`."""
+    from hydra import compose, initialize_config_dir
+
+    from higgslab.conf import CONF_DIR
+    from higgslab.serve.settings import settings_from
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return settings_from(compose("serve", overrides=list(overrides)))
+
+
+@dataclass
+class Server:
+    url: str
+    gen: object
+    batcher: object
+    settings: object
+
+
+@pytest.fixture(scope="module")
+def mini():
+    from higgslab.generate.generator import Generator
+
+    return Generator.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def server(mini):
+    import uvicorn
+
+    from higgslab.generate.batching import ContinuousBatcher
+    from higgslab.serve.app import create_app
+
+    s = serve_settings("max_new_tokens=400", "max_tokens=640", "rows=16", "max_input_chars=300")
+    batcher = ContinuousBatcher(mini.model, rows=s.rows, max_tokens=s.max_tokens, max_queue=s.max_queue)
+    batcher.start()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    uv = uvicorn.Server(uvicorn.Config(create_app(mini, batcher, s), log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    host, port = sock.getsockname()
+    yield Server(f"http://{host}:{port}", mini, batcher, s)
+    uv.should_exit = True
+    thread.join(timeout=10)
+    batcher.stop()
+    sock.close()
