@@ -108,7 +108,7 @@ def test_timeout(mini):
     [
         ("rows=0", "error: rows must be >= 1, got 0"),
         ("port=http", "error: port=http: takes an integer"),
-        ("+nonsense=1", "error: nonsense: not a setting of serve"),
+        ("+nonsense=1", "error: nonsense: not a setting of serve (the keys: --cfg job)"),
         ("max_new_tokens=4000", "error: max_new_tokens=4000 leaves no room for a prompt in max_tokens=2560"),
         ("voices_dir=/no/such/folder", "error: voices_dir /no/such/folder is not a folder"),
     ],
