@@ -134,7 +134,8 @@ class ContinuousBatcher:
 
     @property
     def busy_rows(self) -> int:
-        return sum(2 if j.request.guided else 1 for j in self.running.values())
+        jobs = list(self.running.values())  # one copy: a server reads this while the loop's thread steps
+        return sum(2 if j.request.guided else 1 for j in jobs)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -157,8 +158,10 @@ class ContinuousBatcher:
         for job in admit:
             try:
                 job.row = self.session.prefill([job.request])[0]
-            except HiggsLabError as e:
-                job.error = str(e)
+            except Exception as e:  # noqa: BLE001 - out of the queue already: it must leave, failed
+                job.error = (
+                    str(e) if isinstance(e, HiggsLabError) else f"prefill failed: {type(e).__name__}: {e}"
+                )
                 self._leave(job, failed=True)
                 continue
             job.started_at = time.perf_counter()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.serve.conftest import serve_settings
+from tests.serve.conftest import serve_settings, serving
 
 GOOD = {"model": "tts-1", "input": "Hello.", "voice": "alloy", "max_new_tokens": 20}
 
@@ -87,8 +87,8 @@ def test_api_key_and_queue_full(side_app):
 
 
 def test_timeout(mini):
-    """A batcher that never steps: the request times out (504; a streamed one ends with an error event)
-    and its job is cancelled."""
+    """A batcher that never steps: the request times out (504; an SSE stream ends with an error event, a
+    raw one is cut) and its job is cancelled."""
     from higgslab.generate.batching import ContinuousBatcher
     from higgslab.serve.app import create_app
 
@@ -98,23 +98,35 @@ def test_timeout(mini):
     assert_error(app.post("/v1/audio/speech", json=GOOD), 504, "did not finish within timeout_s=0.2")
     sse = app.post("/v1/audio/speech", json={**GOOD, "stream_format": "sse"})
     assert sse.status_code == 200 and sse.text.rstrip().endswith('"type": "timeout_error"}}')
-    assert all(job.cancelled for job in batcher.queue) and len(batcher.queue) == 2
+    with serving(app.app) as url, pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+        with httpx.stream("POST", f"{url}/v1/audio/speech", json={**GOOD, "stream": True}) as r:
+            assert r.status_code == 200
+            r.read()  # a raw stream is cut short: the client cannot take it for a complete one
+    assert all(job.cancelled for job in batcher.queue) and len(batcher.queue) == 3
     batcher.step()  # the cancelled jobs leave
-    assert not batcher.queue and batcher.stats.cancelled == 2
+    assert not batcher.queue and batcher.stats.cancelled == 3
+    assert 'higgslab_requests_total{outcome="timeout"} 3' in app.get("/metrics").text
 
 
 @pytest.mark.parametrize(
     "override, says",
     [
-        ("rows=0", "error: rows must be >= 1, got 0"),
-        ("port=http", "error: port=http: takes an integer"),
-        ("+nonsense=1", "error: nonsense: not a setting of serve (the keys: --cfg job)"),
-        ("max_new_tokens=4000", "error: max_new_tokens=4000 leaves no room for a prompt in max_tokens=2560"),
-        ("voices_dir=/no/such/folder", "error: voices_dir /no/such/folder is not a folder"),
+        ("port=http", "port=http: takes an integer"),
+        ("+nonsense=1", "nonsense: not a setting of serve (the keys: --cfg job)"),
+        ("max_new_tokens=4000", "max_new_tokens=4000 leaves no room for a prompt in max_tokens=2560"),
+        ("voices_dir=/no/such/folder", "voices_dir /no/such/folder is not a folder"),
+        ("log_level=loud", "log_level=loud: takes critical | error | warning | info | debug"),
     ],
 )
-def test_cli_bad_setting(override, says):
-    run = subprocess.run([sys.executable, "-m", "higgslab.serve", override], capture_output=True, text=True,
+def test_bad_setting(override, says):
+    from higgslab.errors import HiggsLabError
+
+    with pytest.raises(HiggsLabError) as e:
+        serve_settings(override)
+    assert str(e.value) == says
+
+
+def test_cli_bad_setting():
+    run = subprocess.run([sys.executable, "-m", "higgslab.serve", "rows=0"], capture_output=True, text=True,
                          timeout=60)  # fmt: skip
-    assert run.returncode == 2 and run.stdout == ""
-    assert run.stderr.strip() == says
+    assert (run.returncode, run.stdout, run.stderr) == (2, "", "error: rows must be >= 1, got 0\n")
