@@ -1,4 +1,5 @@
-"""One speech server around the shipped mini for the whole directory, on 127.0.0.1 and a free port."""
+"""One speech server around the shipped mini for the whole directory (package scope), on 127.0.0.1 and a
+free port."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class Server:
     settings: object
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def mini():
     from higgslab.generate.generator import Generator
 
@@ -61,7 +62,7 @@ def serving(app) -> Iterator[str]:
         sock.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def server(mini):
     from higgslab.generate.batching import ContinuousBatcher
     from higgslab.serve.app import create_app
