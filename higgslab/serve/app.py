@@ -12,10 +12,13 @@ out or its stream is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import torch
 from fastapi import Depends, FastAPI, Request
@@ -319,3 +322,30 @@ def create_app(generator, batcher: ContinuousBatcher, settings) -> FastAPI:
         return PlainTextResponse(service.metrics.render(batcher), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+@contextlib.contextmanager
+def running(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+) -> Iterator[str]:
+    """Serve `app` with uvicorn in a thread (a test, a bench, a notebook) on `host` and `port` (0: a free
+    one) until the block ends; yields the server's URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"the server on {host}:{port} did not start")
+            time.sleep(0.02)
+        bound_host, bound_port = sock.getsockname()[:2]
+        yield f"http://{bound_host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -3,11 +3,6 @@ free port."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -39,39 +34,16 @@ def mini():
     return Generator.from_pretrained()
 
 
-@contextlib.contextmanager
-def serving(app) -> Iterator[str]:
-    """Serve `app` with uvicorn in a thread on 127.0.0.1 and a free port; yields its URL."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not uv.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-            time.sleep(0.02)
-        host, port = sock.getsockname()
-        yield f"http://{host}:{port}"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 @pytest.fixture(scope="package")
 def server(mini):
     from higgslab.generate.batching import ContinuousBatcher
-    from higgslab.serve.app import create_app
+    from higgslab.serve.app import create_app, running
 
     s = serve_settings("max_new_tokens=400", "max_tokens=640", "rows=16", "max_input_chars=300")
     batcher = ContinuousBatcher(mini.model, rows=s.rows, max_tokens=s.max_tokens, max_queue=s.max_queue)
     batcher.start()
     try:
-        with serving(create_app(mini, batcher, s)) as url:
+        with running(create_app(mini, batcher, s)) as url:
             yield Server(url, mini, batcher, s)
     finally:
         batcher.stop()

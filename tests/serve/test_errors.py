@@ -10,7 +10,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.serve.conftest import serve_settings, serving
+from higgslab.serve.app import running
+from tests.serve.conftest import serve_settings
 
 GOOD = {"model": "tts-1", "input": "Hello.", "voice": "alloy", "max_new_tokens": 20}
 
@@ -98,7 +99,7 @@ def test_timeout(mini):
     assert_error(app.post("/v1/audio/speech", json=GOOD), 504, "did not finish within timeout_s=0.2")
     sse = app.post("/v1/audio/speech", json={**GOOD, "stream_format": "sse"})
     assert sse.status_code == 200 and sse.text.rstrip().endswith('"type": "timeout_error"}}')
-    with serving(app.app) as url, pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+    with running(app.app) as url, pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
         with httpx.stream("POST", f"{url}/v1/audio/speech", json={**GOOD, "stream": True}) as r:
             assert r.status_code == 200
             r.read()  # a raw stream is cut short: the client cannot take it for a complete one

@@ -1,0 +1,187 @@
+"""The speech server under load: continuous batching against serving requests one by one, one run.
+
+    python bench/serve_load.py [--clients 1 4 16] [--requests 16] [--max-new-tokens 200] [--rows 32]
+
+Starts `higgslab.serve` in this process on 127.0.0.1 around the embedded mini, twice: a server with
+`--rows` decode rows (continuous batching; a request with the mini's guidance takes two) and one with two
+rows (one request at a time). Each phase sends the same `--requests` streamed WAV requests (distinct texts
+and seeds) from N client threads (httpx), N in `--clients` for the batching server and 16 for the one-by-one
+server, and prints throughput (seconds of audio per wall second), p50/p95 time to the first audio bytes
+(after the WAV header), and the speed-up of batching at each N over one by one. Every response must be a
+complete WAV equal to the same request served alone (`Generator.generate`, the CLI's decode, to one step of
+16 bits: streamed audio is decoded chunk by chunk); a mismatch is printed and the exit code is 1. Bounded:
+each phase stops at `--phase-limit` seconds (unfinished requests are reported as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import queue
+import subprocess
+import threading
+import time
+
+import httpx
+import numpy as np
+import soundfile as sf
+import torch
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "It was a bright cold day in April, and the clocks were striking thirteen.",
+    "We will meet at the station at half past nine tomorrow morning.",
+    "Rain is expected in the afternoon, so take an umbrella with you.",
+    "She sells sea shells by the sea shore.",
+    "The museum opens its new gallery to the public next week.",
+    "A journey of a thousand miles begins with a single step.",
+]
+
+
+def bodies(n: int, max_new_tokens: int) -> list[dict]:
+    return [{"input": TEXTS[i % len(TEXTS)], "voice": "alloy", "seed": 100 + i, "max_new_tokens": max_new_tokens,
+             "response_format": "wav", "stream": True} for i in range(n)]  # fmt: skip
+
+
+def one_request(url: str, body: dict, timeout: float) -> tuple[bytes, float | None]:
+    """The streamed WAV and the seconds to its first audio bytes."""
+    t0 = time.perf_counter()
+    first, data = None, b""
+    with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=timeout) as r:
+        r.raise_for_status()
+        for piece in r.iter_bytes():
+            data += piece
+            if first is None and len(data) > 44:
+                first = time.perf_counter() - t0
+    return data, first
+
+
+def phase(url: str, requests: list[dict], clients: int, limit_s: float) -> dict:
+    """`requests` sent by `clients` threads, each taking the next one when its last has answered."""
+    todo: queue.Queue[int] = queue.Queue()
+    for i in range(len(requests)):
+        todo.put(i)
+    out: dict[int, tuple[bytes, float | None] | str] = {}
+    deadline = time.perf_counter() + limit_s
+
+    def client() -> None:
+        while time.perf_counter() < deadline:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                out[i] = one_request(url, requests[i], timeout=max(1.0, deadline - time.perf_counter()))
+            except Exception as e:  # noqa: BLE001 - reported with the results
+                out[i] = f"{type(e).__name__}: {e}"
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"wall_s": time.perf_counter() - t0, "out": out}
+
+
+def check(result: dict, alone: list[np.ndarray]) -> tuple[float, list[float], list[str]]:
+    """(seconds of audio, times to first audio, problems) of a phase."""
+    audio_s, firsts, problems = 0.0, [], []
+    for i in range(len(alone)):
+        got = result["out"].get(i, "not sent within the phase limit")
+        if isinstance(got, str):
+            problems.append(f"request {i}: {got}")
+            continue
+        data, first = got
+        samples, rate = sf.read(io.BytesIO(data), dtype="int16")
+        if rate != 24000 or samples.shape != alone[i].shape:
+            problems.append(
+                f"request {i}: {samples.shape[0]} samples at {rate} Hz, alone {alone[i].shape[0]}"
+            )
+        elif np.abs(samples.astype(int) - alone[i]).max() > 1:
+            problems.append(f"request {i}: differs from the request served alone")
+        audio_s += samples.shape[0] / 24000
+        firsts.append(first)
+    return audio_s, firsts, problems
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--rows", type=int, default=32, help="of the batching server (guidance: 2 per request)")
+    p.add_argument("--chunk-frames", type=int, default=10)
+    p.add_argument("--phase-limit", type=float, default=180.0, help="seconds per phase at most")
+    args = p.parse_args()
+
+    from hydra import compose, initialize_config_dir
+
+    from higgslab.conf import CONF_DIR
+    from higgslab.generate.batching import ContinuousBatcher
+    from higgslab.generate.generator import Generator
+    from higgslab.serve.app import create_app, running
+    from higgslab.serve.audio import pcm16
+    from higgslab.serve.settings import settings_from
+
+    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
+    print(
+        f"CPU: {cpu.split(':', 1)[-1].strip() or platform.processor()}; torch threads {torch.get_num_threads()}"
+    )
+    gen = Generator.from_pretrained()
+    print(f"model: {gen.label}")
+    requests = bodies(args.requests, args.max_new_tokens)
+    t0 = time.perf_counter()
+    alone = [np.frombuffer(pcm16(gen.generate(text=b["input"], seed=b["seed"],
+                                              max_new_tokens=b["max_new_tokens"]).audio), "<i2")
+             for b in requests]  # fmt: skip
+    gen_s = time.perf_counter() - t0
+    total = sum(a.size for a in alone) / 24000
+    print(f"{len(requests)} requests, {total:.1f} s of audio; Generator.generate one by one, no server: "
+          f"{gen_s:.1f} s = {total / gen_s:.2f} s of audio per s")  # fmt: skip
+
+    problems = 0
+
+    def serve(rows: int, name: str, client_counts: list[int]) -> list[float]:
+        """Throughput at each count of clients, through a server with `rows` rows."""
+        nonlocal problems
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            overrides = [
+                f"rows={rows}",
+                f"max_new_tokens={args.max_new_tokens}",
+                f"chunk_frames={args.chunk_frames}",
+            ]
+            s = settings_from(compose("serve", overrides=overrides))
+        batcher = ContinuousBatcher(gen.model, rows=s.rows, max_tokens=s.max_tokens, max_queue=s.max_queue)
+        batcher.start()
+        rates = []
+        try:
+            with running(create_app(gen, batcher, s)) as url:
+                for clients in client_counts:
+                    result = phase(url, requests, clients, args.phase_limit)
+                    audio_s, firsts, wrong = check(result, alone)
+                    rates.append(audio_s / result["wall_s"])
+                    ttfa = np.percentile(firsts, [50, 95]) if firsts else [float("nan")] * 2
+                    print(f"{name:<22} N={clients:<2}: {result['wall_s']:6.1f} s, {rates[-1]:5.2f} s of audio per s, "
+                          f"first audio p50 {ttfa[0]:.2f} s p95 {ttfa[1]:.2f} s, "
+                          f"{len(firsts) - len(wrong)}/{len(requests)} complete and equal to alone")  # fmt: skip
+                    for line in wrong:
+                        print(f"  {line}")
+                    problems += len(wrong)
+        finally:
+            batcher.stop()
+        return rates
+
+    batched = serve(args.rows, f"batching ({args.rows} rows)", args.clients)
+    (one_by_one,) = serve(2, "one by one (2 rows)", [16])
+    for clients, rate in zip(args.clients, batched, strict=True):
+        print(f"speed-up of continuous batching over one by one at N={clients}: {rate / one_by_one:.2f}x")
+    if problems:
+        print(f"{problems} responses incomplete or not equal to the request served alone")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
