@@ -40,20 +40,20 @@ TEXTS = [
 ]
 
 
-def bodies(n: int, max_new_tokens: int) -> list[dict]:
+def bodies(n: int, max_new_tokens: int, stream: bool) -> list[dict]:
     return [{"input": TEXTS[i % len(TEXTS)], "voice": "alloy", "seed": 100 + i, "max_new_tokens": max_new_tokens,
-             "response_format": "wav", "stream": True} for i in range(n)]  # fmt: skip
+             "response_format": "wav", "stream": stream} for i in range(n)]  # fmt: skip
 
 
 def one_request(url: str, body: dict, timeout: float) -> tuple[bytes, float | None]:
-    """The streamed WAV and the seconds to its first audio bytes."""
+    """The WAV and the seconds to its first audio bytes (after a streamed WAV's header)."""
     t0 = time.perf_counter()
     first, data = None, b""
     with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=timeout) as r:
         r.raise_for_status()
         for piece in r.iter_bytes():
             data += piece
-            if first is None and len(data) > 44:
+            if first is None and (len(data) > 44 or not body["stream"]):
                 first = time.perf_counter() - t0
     return data, first
 
@@ -132,7 +132,8 @@ def main() -> int:
     )
     gen = Generator.from_pretrained()
     print(f"model: {gen.label}")
-    requests = bodies(args.requests, args.max_new_tokens)
+    streamed, whole = (bodies(args.requests, args.max_new_tokens, stream) for stream in (True, False))
+    requests = streamed
     t0 = time.perf_counter()
     alone = [np.frombuffer(pcm16(gen.generate(text=b["input"], seed=b["seed"],
                                               max_new_tokens=b["max_new_tokens"]).audio), "<i2")
@@ -144,8 +145,8 @@ def main() -> int:
 
     problems = 0
 
-    def serve(rows: int, name: str, client_counts: list[int]) -> list[float]:
-        """Throughput at each count of clients, through a server with `rows` rows."""
+    def serve(rows: int, name: str, runs: list[tuple[int, bool]]) -> list[float]:
+        """Throughput of each run (clients, streamed) through a server with `rows` rows."""
         nonlocal problems
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             overrides = [
@@ -159,13 +160,13 @@ def main() -> int:
         rates = []
         try:
             with running(create_app(gen, batcher, s)) as url:
-                for clients in client_counts:
-                    result = phase(url, requests, clients, args.phase_limit)
+                for clients, stream in runs:
+                    result = phase(url, streamed if stream else whole, clients, args.phase_limit)
                     audio_s, firsts, wrong = check(result, alone)
                     rates.append(audio_s / result["wall_s"])
                     ttfa = np.percentile(firsts, [50, 95]) if firsts else [float("nan")] * 2
-                    print(f"{name:<22} N={clients:<2}: {result['wall_s']:6.1f} s, {rates[-1]:5.2f} s of audio per s, "
-                          f"first audio p50 {ttfa[0]:.2f} s p95 {ttfa[1]:.2f} s, "
+                    print(f"{name:<22} {'streamed' if stream else 'whole   '} N={clients:<2}: {result['wall_s']:6.1f} s, "
+                          f"{rates[-1]:5.2f} s of audio per s, first audio p50 {ttfa[0]:.2f} s p95 {ttfa[1]:.2f} s, "
                           f"{len(firsts) - len(wrong)}/{len(requests)} complete and equal to alone")  # fmt: skip
                     for line in wrong:
                         print(f"  {line}")
@@ -174,10 +175,15 @@ def main() -> int:
             batcher.stop()
         return rates
 
-    batched = serve(args.rows, f"batching ({args.rows} rows)", args.clients)
-    (one_by_one,) = serve(2, "one by one (2 rows)", [16])
-    for clients, rate in zip(args.clients, batched, strict=True):
-        print(f"speed-up of continuous batching over one by one at N={clients}: {rate / one_by_one:.2f}x")
+    runs = [(n, True) for n in args.clients] + [(max(args.clients), False)]
+    batched = serve(args.rows, f"batching ({args.rows} rows)", runs)
+    one_stream, one_whole = serve(
+        2, "one by one (2 rows)", [(max(args.clients), True), (max(args.clients), False)]
+    )
+    for (clients, stream), rate in zip(runs, batched, strict=True):
+        kind = "streamed" if stream else "whole files"
+        print(f"speed-up of continuous batching over one by one, {kind}, N={clients}: "
+              f"{rate / (one_stream if stream else one_whole):.2f}x")  # fmt: skip
     if problems:
         print(f"{problems} responses incomplete or not equal to the request served alone")
     return 1 if problems else 0

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from fastapi import Depends, FastAPI, Request
@@ -56,6 +57,8 @@ class SpeechService:
         self.metrics = Metrics()
         self.rate = generator.audio_tokenizer.sample_rate
         self._voices: dict[str, list] = {}  # voice name → its encoded references
+        # codes → audio in threads of their own, few enough to leave the batcher's thread a core
+        self._audio = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="higgslab-audio")
         self._voice_lock = asyncio.Lock()
         s = settings
         if s.model_name:
@@ -86,6 +89,10 @@ class SpeechService:
                            param="max_new_tokens")  # fmt: skip
         if body.scene is not None:
             check_user_text(body.scene, "scene")
+
+    async def decoding(self, fn, *args):
+        """`fn(*args)` (audio decoding, encoding) in the audio threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._audio, fn, *args)
 
     @staticmethod
     def streamed(body: SpeechRequest) -> bool:
@@ -160,18 +167,22 @@ class SpeechService:
                         ) -> AsyncIterator[torch.Tensor]:  # fmt: skip
         """The job's frames `[n_q, k]` as they complete, until it has left the batcher (all its frames
         received); raises `Timeout` past `deadline`, `ClientGone` when `http`'s client has gone."""
-        received = 0
+        received, look_at_client = 0, time.perf_counter() + POLL_S
         while not (job.done.is_set() and (job.result is None or received >= job.result.codes.shape[1])):
             try:
                 chunk = await asyncio.wait_for(frames.get(), POLL_S)
             except TimeoutError:
-                if time.perf_counter() > deadline:
-                    raise Timeout from None
-                if http is not None and await http.is_disconnected():
-                    raise ClientGone from None
-                continue
-            received += chunk.shape[1]
-            yield chunk
+                chunk = None
+            now = time.perf_counter()
+            if now > deadline:
+                raise Timeout
+            if http is not None and now >= look_at_client:
+                if await http.is_disconnected():
+                    raise ClientGone
+                look_at_client = now + POLL_S
+            if chunk is not None:
+                received += chunk.shape[1]
+                yield chunk
 
     def leave(self, job: Job, outcome: str) -> None:
         """Cancel `job` if it still runs; count the request's outcome."""
@@ -200,8 +211,9 @@ class SpeechService:
             return Response(status_code=499)
         if (error := self.failure(job)) is not None:
             raise error
-        wav = await asyncio.to_thread(self.gen._decode, job.result.codes)
-        body = await asyncio.to_thread(audio.whole_file, wav, self.rate, fmt)
+        body = await self.decoding(
+            lambda: audio.whole_file(self.gen._decode(job.result.codes), self.rate, fmt)
+        )
         self.metrics.requests["ok"] += 1
         return Response(body, media_type=audio.MEDIA_TYPES[fmt], headers=headers)
 
@@ -221,7 +233,7 @@ class SpeechService:
                 pending.append(chunk)
                 if sum(p.shape[1] for p in pending) < self.settings.chunk_frames:
                     continue
-                wav = await asyncio.to_thread(decoder.push, torch.cat(pending, 1))
+                wav = await self.decoding(decoder.push, torch.cat(pending, 1))
                 pending = []
                 if wav.size:
                     if first:
@@ -249,7 +261,7 @@ class SpeechService:
             pieces = [decoder.push(last)] if last is not None else []
             return b"".join(audio.pcm16(w) for w in [*pieces, decoder.flush()])
 
-        tail = await asyncio.to_thread(finish)
+        tail = await self.decoding(finish)
         if tail:
             if first:
                 self.metrics.first_audio_s.append(time.perf_counter() - arrived)
@@ -288,7 +300,13 @@ def create_app(generator, batcher: ContinuousBatcher, settings) -> FastAPI:
     """The FastAPI app serving `generator`'s model through `batcher` (started by the caller) with
     `settings` (`ServeSettings`: limits, defaults, api_key)."""
     service = SpeechService(generator, batcher, settings)
-    app = FastAPI(title="higgslab speech server", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        service._audio.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="higgslab speech server", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.service = service
     install_error_handlers(app, service.metrics.count_status)
 

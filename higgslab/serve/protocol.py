@@ -91,7 +91,9 @@ def install_error_handlers(app: FastAPI, count) -> None:
         return await api_error(request, validation_error(e))
 
     async def bad_input(request: Request, e: HiggsLabError) -> JSONResponse:
-        return await api_error(request, APIError(400, str(e)))
+        named = str(e).split(" ", 1)[0].split("=", 1)[0]  # "temperature must be >= 0, got -1"
+        param = named if named in SpeechRequest.model_fields else None
+        return await api_error(request, APIError(400, str(e), param=param))
 
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
         return await api_error(request, APIError(e.status_code, str(e.detail)))

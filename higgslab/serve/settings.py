@@ -35,6 +35,7 @@ class ServeSettings:
     max_input_chars: int
     timeout_s: float
     chunk_frames: int
+    decode_threads: int
     # sampling defaults a request may override; max_new_tokens is also the cap
     max_new_tokens: int
     temperature: float
@@ -61,7 +62,7 @@ def settings_from(cfg: DictConfig) -> ServeSettings:
     s = typed_settings(ServeSettings, cfg, "serve")
     if not 0 <= s.port < 65536:
         raise HiggsLabError(f"port must be in 0..65535, got {s.port}")
-    at_least = {"rows": 1, "max_tokens": 2, "max_queue": 0, "max_input_chars": 1, "chunk_frames": 1,
+    at_least = {"rows": 1, "max_tokens": 2, "max_queue": 0, "max_input_chars": 1, "chunk_frames": 1, "decode_threads": 1,
                 "max_new_tokens": 1}  # fmt: skip
     for key, low in at_least.items():
         if getattr(s, key) < low:

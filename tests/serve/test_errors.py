@@ -27,7 +27,7 @@ def assert_error(response: httpx.Response, status: int, says: str, param: str | 
 @pytest.mark.parametrize(
     "change, says, param",
     [
-        ({"input": ""}, "input is empty", None),
+        ({"input": ""}, "input is empty", "input"),
         ({"input": "x" * 301}, "input has 301 characters; this server takes at most 300", "input"),
         ({"voice": "nobody"}, "voice 'nobody' not found", "voice"),
         ({"voice": "../alice"}, "must be a file name", "voice"),
@@ -37,7 +37,7 @@ def assert_error(response: httpx.Response, status: int, says: str, param: str | 
             "response_format",
         ),
         ({"response_format": "flac", "stream": True}, "flac' cannot be streamed", "response_format"),
-        ({"temperature": -1}, "temperature must be >= 0, got -1", None),
+        ({"temperature": -1}, "temperature must be >= 0, got -1", "temperature"),
         ({"temperature": "hot"}, "temperature: Input should be a valid number", "temperature"),
         ({"speed": 2.0}, "speed=2.0: only 1.0 is supported", "speed"),
         ({"seed": -1}, "seed: Input should be greater than or equal to 0", "seed"),

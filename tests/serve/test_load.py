@@ -9,6 +9,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 import soundfile as sf
 
 from higgslab.serve.audio import pcm16
@@ -83,3 +84,16 @@ def disconnected(url: str) -> float:
     line = 'higgslab_requests_total{outcome="disconnected"} '
     metrics = httpx.get(f"{url}/metrics").text
     return float(next(x for x in metrics.splitlines() if x.startswith(line))[len(line) :])
+
+
+def test_whole_file_client_leaves(server):
+    """A client that stops waiting for a whole file frees its rows too."""
+    batcher = server.batcher
+    before = batcher.stats.cancelled
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/audio/speech", json={**body(GONE[0]), "stream": False}, timeout=0.5)
+    deadline = time.monotonic() + 30
+    while batcher.stats.cancelled == before or batcher.busy_rows:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert batcher.stats.cancelled == before + 1
