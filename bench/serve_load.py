@@ -126,6 +126,16 @@ def main() -> int:
     from higgslab.serve.audio import pcm16
     from higgslab.serve.settings import settings_from
 
+    def settings(rows: int):
+        """The server's settings, as `python -m higgslab.serve rows=.. max_new_tokens=.. chunk_frames=..`."""
+        overrides = [
+            f"rows={rows}",
+            f"max_new_tokens={args.max_new_tokens}",
+            f"chunk_frames={args.chunk_frames}",
+        ]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return settings_from(compose("serve", overrides=overrides))
+
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
     print(
         f"CPU: {cpu.split(':', 1)[-1].strip() or platform.processor()}; torch threads {torch.get_num_threads()}"
@@ -134,27 +144,40 @@ def main() -> int:
     print(f"model: {gen.label}")
     streamed, whole = (bodies(args.requests, args.max_new_tokens, stream) for stream in (True, False))
     requests = streamed
-    t0 = time.perf_counter()
-    alone = [np.frombuffer(pcm16(gen.generate(text=b["input"], seed=b["seed"],
-                                              max_new_tokens=b["max_new_tokens"]).audio), "<i2")
-             for b in requests]  # fmt: skip
-    gen_s = time.perf_counter() - t0
+    lm_s = audio_decode_s = 0.0  # the same requests without a server: decode steps, then audio, one by one
+    alone = []
+    for b in streamed:
+        t0 = time.perf_counter()
+        result = gen.generate(
+            text=b["input"], seed=b["seed"], max_new_tokens=b["max_new_tokens"], decode_audio=False
+        )
+        t1 = time.perf_counter()
+        alone.append(np.frombuffer(pcm16(gen._decode(result.codes)), "<i2"))
+        lm_s, audio_decode_s = lm_s + t1 - t0, audio_decode_s + time.perf_counter() - t1
     total = sum(a.size for a in alone) / 24000
-    print(f"{len(requests)} requests, {total:.1f} s of audio; Generator.generate one by one, no server: "
-          f"{gen_s:.1f} s = {total / gen_s:.2f} s of audio per s")  # fmt: skip
+    print(f"{len(requests)} requests, {total:.1f} s of audio; without a server, one by one: decode steps {lm_s:.1f} s, "
+          f"audio decoding {audio_decode_s:.1f} s: {total / (lm_s + audio_decode_s):.2f} s of audio per s")  # fmt: skip
+    batcher = ContinuousBatcher(gen.model, args.rows, settings(args.rows).max_tokens, max_queue=len(whole))
+    t0 = time.perf_counter()
+    jobs = [
+        batcher.submit(gen.request(b["input"], seed=b["seed"], max_new_tokens=b["max_new_tokens"]))
+        for b in whole
+    ]
+    batcher.run_until_idle()
+    batched_lm_s = time.perf_counter() - t0
+    same = all(
+        np.array_equal(np.frombuffer(pcm16(gen._decode(j.result.codes)), "<i2"), a)
+        for j, a in zip(jobs, alone, strict=True)
+    )
+    print(f"the same decode steps all at once through a ContinuousBatcher ({args.rows} rows, no server, no audio): "
+          f"{batched_lm_s:.1f} s, {lm_s / batched_lm_s:.2f}x the steps one by one; same audio: {same}")  # fmt: skip
 
     problems = 0
 
     def serve(rows: int, name: str, runs: list[tuple[int, bool]]) -> list[float]:
         """Throughput of each run (clients, streamed) through a server with `rows` rows."""
         nonlocal problems
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            overrides = [
-                f"rows={rows}",
-                f"max_new_tokens={args.max_new_tokens}",
-                f"chunk_frames={args.chunk_frames}",
-            ]
-            s = settings_from(compose("serve", overrides=overrides))
+        s = settings(rows)
         batcher = ContinuousBatcher(gen.model, rows=s.rows, max_tokens=s.max_tokens, max_queue=s.max_queue)
         batcher.start()
         rates = []

@@ -203,12 +203,14 @@ class SpeechService:
             async for _ in self.frames_of(job, frames, deadline, http):
                 pass
         except Timeout:
-            self.batcher.cancel(job)
             raise APIError(504, f"the request did not finish within timeout_s={self.settings.timeout_s}",
                            "timeout_error", code="timeout") from None  # fmt: skip
         except ClientGone:
-            self.leave(job, "disconnected")
+            self.metrics.requests["disconnected"] += 1
             return Response(status_code=499)
+        finally:  # whatever ended the wait (a timeout, the client, the server's shutdown), the job ends
+            if not job.done.is_set():
+                self.batcher.cancel(job)
         if (error := self.failure(job)) is not None:
             raise error
         body = await self.decoding(
@@ -252,9 +254,8 @@ class SpeechService:
                     {"type": "error", "error": {"message": error.message, "type": error.type}}
                 )
                 return
-            raise StreamFailed(
-                error.message
-            )  # the stream ends without its last chunk: the client sees it cut
+            # a raw stream ends without its last chunk: the client sees it cut, not complete
+            raise StreamFailed(error.message)
         last = torch.cat(pending, 1) if pending else None
 
         def finish() -> bytes:  # the last frames, and the ones the decoder held back for its lookahead
