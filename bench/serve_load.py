@@ -2,26 +2,32 @@
 
     python bench/serve_load.py [--clients 1 4 16] [--requests 16] [--max-new-tokens 200] [--rows 32]
 
-Starts `higgslab.serve` in this process on 127.0.0.1 around the embedded mini, twice: a server with
-`--rows` decode rows (continuous batching; a request with the mini's guidance takes two) and one with two
-rows (one request at a time). Each phase sends the same `--requests` streamed WAV requests (distinct texts
-and seeds) from N client threads (httpx), N in `--clients` for the batching server and 16 for the one-by-one
-server, and prints throughput (seconds of audio per wall second), p50/p95 time to the first audio bytes
-(after the WAV header), and the speed-up of batching at each N over one by one. Every response must be a
-complete WAV equal to the same request served alone (`Generator.generate`, the CLI's decode, to one step of
-16 bits: streamed audio is decoded chunk by chunk); a mismatch is printed and the exit code is 1. Bounded:
-each phase stops at `--phase-limit` seconds (unfinished requests are reported as such).
+First the same `--requests` requests (distinct texts and seeds) without a server: `Generator.generate` one by
+one (decode steps and audio decoding timed apart; the audio is each request's "alone" result), and their
+decode steps all at once through a `ContinuousBatcher`. Then `python -m higgslab.serve` on 127.0.0.1 around
+the embedded mini, in a process of its own, twice: with `--rows` decode rows (continuous batching; a request
+with the mini's guidance takes two) and with two rows (one request at a time). Each phase sends the requests
+from N client threads (httpx), streamed WAV for N in `--clients` and whole files for the largest N, and
+prints throughput (seconds of audio per wall second), p50/p95 time to the first audio bytes (after a streamed
+WAV's header; a whole file: to the response), and the speed-up of batching over one by one. Every response
+must be a complete WAV equal to the request served alone (16-bit samples; a stream to one step: it is
+decoded chunk by chunk); a mismatch is printed and the exit code is 1. Bounded: each phase stops at
+`--phase-limit` seconds (requests not sent by then are reported).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import platform
 import queue
+import socket
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -107,6 +113,39 @@ def check(result: dict, alone: list[np.ndarray]) -> tuple[float, list[float], li
     return audio_s, firsts, problems
 
 
+@contextlib.contextmanager
+def server_process(overrides: list[str]) -> Iterator[str]:
+    """`python -m higgslab.serve` on 127.0.0.1 and a free port, in a process of its own (the clients' threads
+    here do not share its interpreter lock); yields its URL once /health answers, stops it at the end."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "higgslab.serve", f"port={port}", "log_level=warning", *overrides]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(cmd)} did not answer within 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
@@ -122,7 +161,6 @@ def main() -> int:
     from higgslab.conf import CONF_DIR
     from higgslab.generate.batching import ContinuousBatcher
     from higgslab.generate.generator import Generator
-    from higgslab.serve.app import create_app, running
     from higgslab.serve.audio import pcm16
     from higgslab.serve.settings import settings_from
 
@@ -175,27 +213,22 @@ def main() -> int:
     problems = 0
 
     def serve(rows: int, name: str, runs: list[tuple[int, bool]]) -> list[float]:
-        """Throughput of each run (clients, streamed) through a server with `rows` rows."""
+        """Throughput of each run (clients, streamed) through a server process with `rows` rows."""
         nonlocal problems
-        s = settings(rows)
-        batcher = ContinuousBatcher(gen.model, rows=s.rows, max_tokens=s.max_tokens, max_queue=s.max_queue)
-        batcher.start()
         rates = []
-        try:
-            with running(create_app(gen, batcher, s)) as url:
-                for clients, stream in runs:
-                    result = phase(url, streamed if stream else whole, clients, args.phase_limit)
-                    audio_s, firsts, wrong = check(result, alone)
-                    rates.append(audio_s / result["wall_s"])
-                    ttfa = np.percentile(firsts, [50, 95]) if firsts else [float("nan")] * 2
-                    print(f"{name:<22} {'streamed' if stream else 'whole   '} N={clients:<2}: {result['wall_s']:6.1f} s, "
-                          f"{rates[-1]:5.2f} s of audio per s, first audio p50 {ttfa[0]:.2f} s p95 {ttfa[1]:.2f} s, "
-                          f"{len(firsts) - len(wrong)}/{len(requests)} complete and equal to alone")  # fmt: skip
-                    for line in wrong:
-                        print(f"  {line}")
-                    problems += len(wrong)
-        finally:
-            batcher.stop()
+        with server_process([f"rows={rows}", f"max_new_tokens={args.max_new_tokens}",
+                             f"chunk_frames={args.chunk_frames}"]) as url:  # fmt: skip
+            for clients, stream in runs:
+                result = phase(url, streamed if stream else whole, clients, args.phase_limit)
+                audio_s, firsts, wrong = check(result, alone)
+                rates.append(audio_s / result["wall_s"])
+                ttfa = np.percentile(firsts, [50, 95]) if firsts else [float("nan")] * 2
+                print(f"{name:<22} {'streamed' if stream else 'whole   '} N={clients:<2}: {result['wall_s']:6.1f} s, "
+                      f"{rates[-1]:5.2f} s of audio per s, first audio p50 {ttfa[0]:.2f} s p95 {ttfa[1]:.2f} s, "
+                      f"{len(firsts) - len(wrong)}/{len(requests)} complete and equal to alone")  # fmt: skip
+                for line in wrong:
+                    print(f"  {line}")
+                problems += len(wrong)
         return rates
 
     runs = [(n, True) for n in args.clients] + [(max(args.clients), False)]
