@@ -218,6 +218,8 @@ class DecodeSession:
                 f"prompt ({longest} tokens) + max_new_tokens ({request.max_new_tokens}) exceeds half of this "
                 f"session's cache ({self.length} slots)"
             )
+        if all(r is None for r in self.rows):  # idle: start again at slot 0 (steps attend up to the cursor)
+            self._compact()
         rows = []
         for ids in prompts:
             row = self._take_row()
