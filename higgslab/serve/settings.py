@@ -6,20 +6,20 @@ defaults, the dataclass only the types, and every bad value is one `HiggsLabErro
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
 from higgslab.errors import HiggsLabError
-from higgslab.generate.settings import check_model_settings, typed_settings
+from higgslab.generate.settings import GenerateSettings, check_model_settings, typed_settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 @dataclass
-class ServeSettings:
-    """Every key of `python -m higgslab.serve` (serve.yaml + generation/ + model/), typed."""
-
+class _ServerKeys:
     # network
     host: str
     port: int
@@ -36,22 +36,19 @@ class ServeSettings:
     timeout_s: float
     chunk_frames: int
     decode_threads: int
-    # sampling defaults a request may override; max_new_tokens is also the cap
-    max_new_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    ras_window: int
-    ras_max_repeat: int
-    cfg_scale: float | None
-    # model
-    model_path: str | None
-    tokenizer_path: str | None
-    adapter_path: str | None
-    quantize: str | None
-    group_size: int
-    tokenizer_device: str | None
-    device: str
+
+
+# the keys of the generation/ and model/ groups (sampling defaults a request may override, max_new_tokens
+# also its cap; which model and how it loads), typed once, in GenerateSettings
+SHARED_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "ras_window", "ras_max_repeat", "cfg_scale",
+               "model_path", "tokenizer_path", "adapter_path", "quantize", "group_size", "tokenizer_device",
+               "device")  # fmt: skip
+_types = typing.get_type_hints(GenerateSettings)
+ServeSettings = dataclasses.make_dataclass(
+    "ServeSettings", [(key, _types[key]) for key in SHARED_KEYS], bases=(_ServerKeys,)
+)
+ServeSettings.__module__ = __name__
+ServeSettings.__doc__ = "Every key of `python -m higgslab.serve` (serve.yaml + generation/ + model/), typed."
 
 
 def settings_from(cfg: DictConfig) -> ServeSettings:
