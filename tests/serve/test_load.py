@@ -97,3 +97,21 @@ def test_whole_file_client_leaves(server):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert batcher.stats.cancelled == before + 1
+
+
+def test_an_idle_batcher_starts_again_at_slot_zero(mini):
+    """A server's bursts do not pile up in the cache: a request joining an idle session writes from slot 0,
+    as the first one did (steps attend up to the write cursor), and decodes the same codes."""
+    import torch
+
+    from higgslab.generate.batching import ContinuousBatcher
+
+    batcher = ContinuousBatcher(mini.model, rows=2, max_tokens=256, max_queue=1)
+    cursors, codes = [], []
+    for _ in range(2):
+        job = batcher.submit(mini.request("Good morning.", seed=3, max_new_tokens=30))
+        batcher.run_until_idle()
+        cursors.append(batcher.session.used)
+        codes.append(job.result.codes)
+    assert cursors[0] == cursors[1] < 256
+    assert torch.equal(codes[0], codes[1])
