@@ -137,7 +137,8 @@ class ContinuousBatcher:
 
     @property
     def busy_rows(self) -> int:
-        return sum(2 if j.request.guided else 1 for j in self.running.values())
+        jobs = list(self.running.values())  # one copy: a server reads this while the loop's thread steps
+        return sum(2 if j.request.guided else 1 for j in jobs)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -196,8 +197,8 @@ class ContinuousBatcher:
     def _admit(self, job: Job) -> None:
         try:
             job.row = self.session.prefill([job.request])[0]
-        except HiggsLabError as e:
-            job.error = str(e)
+        except Exception as e:  # noqa: BLE001 - out of the queue already: it must leave, failed
+            job.error = str(e) if isinstance(e, HiggsLabError) else f"prefill failed: {type(e).__name__}: {e}"
             self._leave(job, failed=True)
             return
         job.started_at = time.perf_counter()

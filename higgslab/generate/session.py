@@ -20,9 +20,9 @@ Two ways in:
   while others run: a request's prompt (and its text-free twin, in the row beside it) is prefilled as a
   run alone prefills it, into the slots just before the write cursor. The cursor is shared (a step writes
   every row at one slot), so the other rows see masked empty slots there; when it reaches the cache's end,
-  the slots before the oldest running prompt are dropped (`_compact`). Steps run eagerly over the rows up to
-  the last in use, each group of rows with equal settings sampled together, each row drawing its noise from
-  its own seed's generator.
+  or when they are half of the written slots, the slots before the oldest running prompt are dropped
+  (`_tidy`). Steps run eagerly over the rows up to the last in use, each group of rows with equal settings
+  sampled together, each row drawing its noise from its own seed's generator.
 A row is sampled as it would be alone: the same draws from its seed, the same sampling ops on its own
 logits. Only the logits' last bits can differ, where attention runs over a window widened by other rows'
 slots (masked) and matrix products take several rows (see `batching.py`).
@@ -104,6 +104,7 @@ class DecodeSession:
         self._uniform: SamplingSettings | None = None  # prompts prefilled together with one setting
         self._step = None
         self.used = 0  # written slots (the write cursor)
+        self._first: dict[int, int] = {}  # continuous: each row in use → the first slot of its prompt
         self.continuous = capacity is not None and length is not None
         if self.continuous:
             self.cache = model.new_cache(capacity, length)
@@ -220,6 +221,7 @@ class DecodeSession:
                 f"prompt ({longest} tokens) + max_new_tokens ({request.max_new_tokens}) exceeds half of this "
                 f"session's cache ({self.length} slots)"
             )
+        self._tidy()  # when no row runs: back to slot 0
         self._prefill_rows(rows, prompts, request.codes)
         dev = self.model.device
         rng = request.rng if request.rng is not None else sampling.seeded_generator(request.seed, dev)
@@ -261,27 +263,28 @@ class DecodeSession:
             cache.valid[row] = False
             cache.is_audio[row] = False
             cache.seen[row] = 0
+            self._first[row] = self.used - P
         cache.padded = True
         self.model(ids, codes, mask, cache=self._view(rows, start=self.used - P, written=0), logits="none")
 
-    def _compact(self) -> None:
-        """Drop the slots before the oldest running prompt: every row's keys move left by as many."""
-        cache, live = self.cache, [i for i, r in enumerate(self.rows) if r is not None]
-        if not live:
-            start = self.used
-        else:
-            written = cache.valid[live, : self.used].any(0)
-            start = int(written.long().argmax()) if bool(written.any()) else self.used
-        if start == 0:
+    def _tidy(self) -> None:
+        """Drop the slots before the oldest running prompt (every row's keys move left by as many) when the
+        cache is full, or when they are half of those written: a step attends to every written slot, so
+        without this a server under steady load would attend to the whole cache."""
+        if not self.continuous:
             return
-        n = self.used - start
+        oldest = min(self._first.values(), default=self.used)
+        if oldest == 0 or (self.used < self.length and 2 * oldest < self.used):
+            return
+        cache, n = self.cache, self.used - oldest
         for t in (*cache.keys, *cache.values):
-            t[:, :, :n] = t[:, :, start : self.used].clone()
+            t[:, :, :n] = t[:, :, oldest : self.used].clone()
         for t in (cache.valid, cache.is_audio):
-            t[:, :n] = t[:, start : self.used].clone()
+            t[:, :n] = t[:, oldest : self.used].clone()
             t[:, n:] = False
         self.used = n
         cache.length.fill_(n)
+        self._first = {row: first - oldest for row, first in self._first.items()}
 
     def _view(self, rows, start: int = 0, written: int | None = None) -> StaticKVCache:
         """The cache seen through `rows` (a range, or one row) from slot `start` on, sharing its tensors, with
@@ -373,8 +376,7 @@ class DecodeSession:
         """The general step: the rows in use, eagerly; each group of equal settings sampled together."""
         n = len(self.rows)
         c = self.config
-        if self.used + 1 > self.length:
-            self._compact()
+        self._tidy()
         for i, r in enumerate(self.rows):  # a guided row's text-free twin is fed the same column
             if isinstance(r, _Row) and r.pair is not None:
                 self.column[r.pair] = self.column[i]
@@ -457,9 +459,10 @@ class DecodeSession:
             self.rows[r.pair] = None
         self.state.done[row] = True
         if self.continuous:
-            self.cache.valid[row] = False
-            if r.pair is not None:
-                self.cache.valid[r.pair] = False
+            for freed in (row, r.pair):
+                if freed is not None:
+                    self.cache.valid[freed] = False
+                    self._first.pop(freed)
             while self.rows and self.rows[-1] is None:  # steps run over the rows up to the last in use
                 self.rows.pop()
         return GenerationResult(

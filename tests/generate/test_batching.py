@@ -48,17 +48,12 @@ def alone(mini):
     ]
 
 
-def test_rows_joining_a_running_session_give_their_alone_codes(mini, requests, alone):
-    """Requests join every few steps into free rows, leave as their streams close; the cache is short enough
-    that the write cursor reaches its end and the oldest slots are dropped under running rows."""
-    longest = max(len(r.ids) for r in requests) + STEPS
-    session = DecodeSession(mini.model, capacity=3, length=2 * longest)
-    compactions = []
-    compact = session._compact
-    session._compact = lambda: (compactions.append(session.used), compact())
+def run_session(session, requests, join_every: int) -> dict:
+    """Requests join `session` one every `join_every` steps (when their rows are free) and leave as their
+    streams close: {request index: codes}."""
     pending, rows, codes, step = list(range(len(requests))), {}, {}, 0
     while pending or not session.idle:
-        if pending and step % 9 == 0 and session.can_take(requests[pending[0]]):
+        if pending and step % join_every == 0 and session.can_take(requests[pending[0]]):
             i = pending.pop(0)
             rows[session.prefill([requests[i]])[0]] = i
         if not session.idle:
@@ -67,10 +62,37 @@ def test_rows_joining_a_running_session_give_their_alone_codes(mini, requests, a
         for row in session.ended():
             codes[rows.pop(row)] = session.finish(row).codes
         assert session.used <= session.length
-    assert compactions, "the cache never filled: the test no longer covers dropping slots"
+    assert session.rows == []
+    return codes
+
+
+def test_rows_joining_a_running_session_give_their_alone_codes(mini, requests, alone):
+    """Requests join every few steps into free rows (three: a guided request takes two) and leave as their
+    streams close, with their own settings and seeds."""
+    longest = max(len(r.ids) for r in requests) + STEPS
+    codes = run_session(DecodeSession(mini.model, capacity=3, length=2 * longest), requests, join_every=9)
     for i, expected in enumerate(alone):
         assert torch.equal(codes[i], expected), (i, SETTINGS[i])
-    assert session.rows == []
+
+
+def test_slots_before_the_oldest_prompt_are_dropped_under_running_rows(mini, requests, alone):
+    """A second request joins late in the first's run: once the first has left, its slots are most of those
+    written and are dropped, the second's keys moving left under it, and it still decodes its alone codes."""
+    session = DecodeSession(mini.model, capacity=2, length=2 * (max(len(r.ids) for r in requests) + STEPS))
+    drops = []
+    tidy = session._tidy
+
+    def spy():
+        before = session.used
+        tidy()
+        if session.used < before and session._first:  # rows were running
+            drops.append((before, session.used))
+
+    session._tidy = spy
+    pair = [requests[2], requests[5]]  # no guidance: a row each
+    codes = run_session(session, pair, join_every=80)  # the first runs 91 steps
+    assert drops, "no slot was dropped under a running row: the test no longer covers it"
+    assert torch.equal(codes[0], alone[2]) and torch.equal(codes[1], alone[5])
 
 
 def test_prompts_prefilled_together_with_their_own_settings(mini, requests, alone):

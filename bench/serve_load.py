@@ -1,0 +1,249 @@
+"""The speech server under load: continuous batching against serving requests one by one, one run.
+
+    python bench/serve_load.py [--clients 1 4 16] [--requests 16] [--max-new-tokens 200] [--rows 32]
+
+First the same `--requests` requests (distinct texts and seeds) without a server: `Generator.generate` one by
+one (decode steps and audio decoding timed apart; the audio is each request's "alone" result), and their
+decode steps all at once through a `ContinuousBatcher`. Then `python -m higgslab.serve` on 127.0.0.1 around
+the embedded mini, in a process of its own, twice: with `--rows` decode rows (continuous batching; a request
+with the mini's guidance takes two) and with two rows (one request at a time). Each phase sends the requests
+from N client threads (httpx), streamed WAV for N in `--clients` and whole files for the largest N, and
+prints throughput (seconds of audio per wall second), p50/p95 time to the first audio bytes (after a streamed
+WAV's header; a whole file: to the response), and the speed-up of batching over one by one. Every response
+must be a complete WAV equal to the request served alone (16-bit samples; a stream to one step: it is
+decoded chunk by chunk); a mismatch is printed and the exit code is 1. Bounded: each phase stops at
+`--phase-limit` seconds (requests not sent by then are reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import platform
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import soundfile as sf
+import torch
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "It was a bright cold day in April, and the clocks were striking thirteen.",
+    "We will meet at the station at half past nine tomorrow morning.",
+    "Rain is expected in the afternoon, so take an umbrella with you.",
+    "She sells sea shells by the sea shore.",
+    "The museum opens its new gallery to the public next week.",
+    "A journey of a thousand miles begins with a single step.",
+]
+
+
+def bodies(n: int, max_new_tokens: int, stream: bool) -> list[dict]:
+    return [{"input": TEXTS[i % len(TEXTS)], "voice": "alloy", "seed": 100 + i, "max_new_tokens": max_new_tokens,
+             "response_format": "wav", "stream": stream} for i in range(n)]  # fmt: skip
+
+
+def one_request(url: str, body: dict, timeout: float) -> tuple[bytes, float | None]:
+    """The WAV and the seconds to its first audio bytes (after a streamed WAV's header)."""
+    t0 = time.perf_counter()
+    first, data = None, b""
+    with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=timeout) as r:
+        r.raise_for_status()
+        for piece in r.iter_bytes():
+            data += piece
+            if first is None and (len(data) > 44 or not body["stream"]):
+                first = time.perf_counter() - t0
+    return data, first
+
+
+def phase(url: str, requests: list[dict], clients: int, limit_s: float) -> dict:
+    """`requests` sent by `clients` threads, each taking the next one when its last has answered."""
+    todo: queue.Queue[int] = queue.Queue()
+    for i in range(len(requests)):
+        todo.put(i)
+    out: dict[int, tuple[bytes, float | None] | str] = {}
+    deadline = time.perf_counter() + limit_s
+
+    def client() -> None:
+        while time.perf_counter() < deadline:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                out[i] = one_request(url, requests[i], timeout=max(1.0, deadline - time.perf_counter()))
+            except Exception as e:  # noqa: BLE001 - reported with the results
+                out[i] = f"{type(e).__name__}: {e}"
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"wall_s": time.perf_counter() - t0, "out": out}
+
+
+def check(result: dict, alone: list[np.ndarray]) -> tuple[float, list[float], list[str]]:
+    """(seconds of audio, times to first audio, problems) of a phase."""
+    audio_s, firsts, problems = 0.0, [], []
+    for i in range(len(alone)):
+        got = result["out"].get(i, "not sent within the phase limit")
+        if isinstance(got, str):
+            problems.append(f"request {i}: {got}")
+            continue
+        data, first = got
+        samples, rate = sf.read(io.BytesIO(data), dtype="int16")
+        if rate != 24000 or samples.shape != alone[i].shape:
+            problems.append(
+                f"request {i}: {samples.shape[0]} samples at {rate} Hz, alone {alone[i].shape[0]}"
+            )
+        elif np.abs(samples.astype(int) - alone[i]).max() > 1:
+            problems.append(f"request {i}: differs from the request served alone")
+        audio_s += samples.shape[0] / 24000
+        firsts.append(first)
+    return audio_s, firsts, problems
+
+
+@contextlib.contextmanager
+def server_process(overrides: list[str]) -> Iterator[str]:
+    """`python -m higgslab.serve` on 127.0.0.1 and a free port, in a process of its own (the clients' threads
+    here do not share its interpreter lock); yields its URL once /health answers, stops it at the end."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "higgslab.serve", f"port={port}", "log_level=warning", *overrides]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(cmd)} did not answer within 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--rows", type=int, default=32, help="of the batching server (guidance: 2 per request)")
+    p.add_argument("--chunk-frames", type=int, default=10)
+    p.add_argument("--phase-limit", type=float, default=180.0, help="seconds per phase at most")
+    args = p.parse_args()
+
+    from hydra import compose, initialize_config_dir
+
+    from higgslab.conf import CONF_DIR
+    from higgslab.generate.batching import ContinuousBatcher
+    from higgslab.generate.generator import Generator
+    from higgslab.serve.audio import pcm16
+    from higgslab.serve.settings import settings_from
+
+    def settings(rows: int):
+        """The server's settings, as `python -m higgslab.serve rows=.. max_new_tokens=.. chunk_frames=..`."""
+        overrides = [
+            f"rows={rows}",
+            f"max_new_tokens={args.max_new_tokens}",
+            f"chunk_frames={args.chunk_frames}",
+        ]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return settings_from(compose("serve", overrides=overrides))
+
+    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
+    print(
+        f"CPU: {cpu.split(':', 1)[-1].strip() or platform.processor()}; torch threads {torch.get_num_threads()}"
+    )
+    gen = Generator.from_pretrained()
+    print(f"model: {gen.label}")
+    streamed, whole = (bodies(args.requests, args.max_new_tokens, stream) for stream in (True, False))
+    requests = streamed
+    lm_s = audio_decode_s = 0.0  # the same requests without a server: decode steps, then audio, one by one
+    alone = []
+    for b in streamed:
+        t0 = time.perf_counter()
+        result = gen.generate(
+            text=b["input"], seed=b["seed"], max_new_tokens=b["max_new_tokens"], decode_audio=False
+        )
+        t1 = time.perf_counter()
+        alone.append(np.frombuffer(pcm16(gen._decode(result.codes)), "<i2"))
+        lm_s, audio_decode_s = lm_s + t1 - t0, audio_decode_s + time.perf_counter() - t1
+    total = sum(a.size for a in alone) / 24000
+    print(f"{len(requests)} requests, {total:.1f} s of audio; without a server, one by one: decode steps {lm_s:.1f} s, "
+          f"audio decoding {audio_decode_s:.1f} s: {total / (lm_s + audio_decode_s):.2f} s of audio per s")  # fmt: skip
+    batcher = ContinuousBatcher(gen.model, args.rows, settings(args.rows).max_tokens, max_queue=len(whole))
+    t0 = time.perf_counter()
+    jobs = [
+        batcher.submit(gen.request(b["input"], seed=b["seed"], max_new_tokens=b["max_new_tokens"]))
+        for b in whole
+    ]
+    batcher.run_until_idle()
+    batched_lm_s = time.perf_counter() - t0
+    same = all(
+        np.array_equal(np.frombuffer(pcm16(gen._decode(j.result.codes)), "<i2"), a)
+        for j, a in zip(jobs, alone, strict=True)
+    )
+    print(f"the same decode steps all at once through a ContinuousBatcher ({args.rows} rows, no server, no audio): "
+          f"{batched_lm_s:.1f} s, {lm_s / batched_lm_s:.2f}x the steps one by one; same audio: {same}")  # fmt: skip
+
+    problems = 0
+
+    def serve(rows: int, name: str, runs: list[tuple[int, bool]]) -> list[float]:
+        """Throughput of each run (clients, streamed) through a server process with `rows` rows."""
+        nonlocal problems
+        rates = []
+        with server_process([f"rows={rows}", f"max_new_tokens={args.max_new_tokens}",
+                             f"chunk_frames={args.chunk_frames}"]) as url:  # fmt: skip
+            for clients, stream in runs:
+                result = phase(url, streamed if stream else whole, clients, args.phase_limit)
+                audio_s, firsts, wrong = check(result, alone)
+                rates.append(audio_s / result["wall_s"])
+                ttfa = np.percentile(firsts, [50, 95]) if firsts else [float("nan")] * 2
+                print(f"{name:<22} {'streamed' if stream else 'whole   '} N={clients:<2}: {result['wall_s']:6.1f} s, "
+                      f"{rates[-1]:5.2f} s of audio per s, first audio p50 {ttfa[0]:.2f} s p95 {ttfa[1]:.2f} s, "
+                      f"{len(firsts) - len(wrong)}/{len(requests)} complete and equal to alone")  # fmt: skip
+                for line in wrong:
+                    print(f"  {line}")
+                problems += len(wrong)
+        return rates
+
+    runs = [(n, True) for n in args.clients] + [(max(args.clients), False)]
+    batched = serve(args.rows, f"batching ({args.rows} rows)", runs)
+    one_stream, one_whole = serve(
+        2, "one by one (2 rows)", [(max(args.clients), True), (max(args.clients), False)]
+    )
+    for (clients, stream), rate in zip(runs, batched, strict=True):
+        kind = "streamed" if stream else "whole files"
+        print(f"speed-up of continuous batching over one by one, {kind}, N={clients}: "
+              f"{rate / (one_stream if stream else one_whole):.2f}x")  # fmt: skip
+    if problems:
+        print(f"{problems} responses incomplete or not equal to the request served alone")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""`python -m higgslab.serve [host=127.0.0.1 port=8000 model=real rows=16 max_queue=64 api_key=...]`.
+
+Hydra config `higgslab/conf/serve.yaml` (with the `model=` and `generation=` groups of the generate CLI);
+no model configured serves the embedded default. The settings are checked first (`settings.settings_from`:
+a bad one is one `error:` line, exit code 2, nothing loaded), then the model loads, the batcher's thread
+starts, and uvicorn serves `app.create_app` until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from higgslab.conf import CONF_DIR
+from higgslab.errors import cli_errors
+
+
+def run(cfg: DictConfig) -> None:
+    from higgslab.generate.settings import load_settings
+    from higgslab.serve.settings import settings_from
+
+    s = settings_from(cfg)
+
+    import uvicorn
+
+    from higgslab.generate.batching import ContinuousBatcher
+    from higgslab.generate.generator import Generator
+    from higgslab.serve.app import create_app
+
+    gen = Generator.from_pretrained(s.model_path, s.tokenizer_path, device=s.device, **load_settings(s))
+    print(f"model: {gen.label}")
+    print(f"device: {gen.model.device} ({gen.model.dtype}); {s.rows} rows, queue {s.max_queue}")
+    batcher = ContinuousBatcher(gen.model, rows=s.rows, max_tokens=s.max_tokens, max_queue=s.max_queue)
+    batcher.start()
+    if s.api_key is None and s.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving {s.host} without an api_key: anyone who reaches it can use it")
+    try:
+        uvicorn.run(create_app(gen, batcher, s), host=s.host, port=s.port, log_level=s.log_level)
+    finally:
+        batcher.stop()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
+def main(cfg: DictConfig) -> None:
+    with cli_errors():
+        run(cfg)
+
+
+if __name__ == "__main__":
+    main()
