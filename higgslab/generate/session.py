@@ -31,7 +31,9 @@ slots (masked) and matrix products take several rows (see `batching.py`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -380,15 +382,17 @@ class DecodeSession:
         for i, r in enumerate(self.rows):  # a guided row's text-free twin is fed the same column
             if isinstance(r, _Row) and r.pair is not None:
                 self.column[r.pair] = self.column[i]
-        logits = self.model.decode_audio_step(self.column[:n], self._view(range(n)))
-        self.used += 1
-        sampled = torch.full((n, c.num_codebooks), c.stream_eos_id, dtype=torch.long, device=logits.device)
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(self.rows):
             if isinstance(r, _Row):
-                s = r.request.settings
-                groups.setdefault(dataclasses.astuple(s), []).append(i)
-        for rows in groups.values():
+                groups.setdefault(dataclasses.astuple(r.request.settings), []).append(i)
+        # every row draws its own noise (its seed's stream, as alone): in a thread of its own, beside the
+        # forward, since the draws do not depend on the logits and cost about a third of a batched step
+        noises = _noise_thread().submit(self._draws, list(groups.values()))
+        logits = self.model.decode_audio_step(self.column[:n], self._view(range(n)))
+        self.used += 1
+        sampled = torch.full((n, c.num_codebooks), c.stream_eos_id, dtype=torch.long, device=logits.device)
+        for rows, noise in zip(groups.values(), noises.result(), strict=True):
             s = self.rows[rows[0]].request.settings
             index = torch.tensor(rows, device=logits.device)
             lg = logits[index]
@@ -396,11 +400,6 @@ class DecodeSession:
                 pairs = torch.tensor([self.rows[i].pair for i in rows], device=logits.device)
                 lg = sampling.guide(lg, logits[pairs], s.cfg_scale, c.codebook_size)
             ras = s.ras_window > 0 and s.temperature > 0
-            k = sampling.draws(s.temperature, ras)
-            draws = [
-                sampling.exponential_noise((1, *lg.shape[1:]), k, self.rows[i].rng, lg.device) for i in rows
-            ]
-            noise = tuple(torch.cat(d) for d in zip(*draws, strict=True)) if k else ()
             history = self.history[index, MAX_RAS_WINDOW - s.ras_window :] if ras else None
             sampled[index] = sampling.sample(
                 lg,
@@ -426,6 +425,17 @@ class DecodeSession:
             self.rows[i].t += 1
         self.t += 1
         return column
+
+    def _draws(self, groups: list[list[int]]) -> list[tuple[torch.Tensor, ...]]:
+        """Each group's step noise: every row's draws from its own generator, stacked `[rows, n_q, V]`."""
+        c, out = self.config, []
+        for rows in groups:
+            s = self.rows[rows[0]].request.settings
+            k = sampling.draws(s.temperature, ras=s.ras_window > 0 and s.temperature > 0)
+            shape, dev = (1, c.num_codebooks, c.codebook_entries), self.model.device
+            draws = [sampling.exponential_noise(shape, k, self.rows[i].rng, dev) for i in rows]
+            out.append(tuple(torch.cat(d) for d in zip(*draws, strict=True)) if k else ())
+        return out
 
     # ---- rows out -------------------------------------------------------------------------------------------
     def ended(self) -> list[int]:
@@ -498,6 +508,11 @@ def check_context(prompt: int, max_new_tokens: int, context: int) -> None:
         raise HiggsLabError(
             f"prompt ({prompt} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of {context} positions"
         )
+
+
+@functools.cache
+def _noise_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="higgslab-noise")
 
 
 def _pad(prompts, prompt_codes, c, dev):

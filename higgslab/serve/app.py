@@ -221,22 +221,24 @@ class SpeechService:
 
     async def stream(self, job, frames, fmt: str, sse: bool, deadline: float, arrived: float, outcome: list
                      ) -> AsyncIterator[bytes]:  # fmt: skip
-        """Audio bytes as frames decode: a WAV header first (wav), then 16-bit PCM every `chunk_frames`
-        frames; with `sse`, each piece as a `speech.audio.delta` event, then `speech.audio.done`. Appends
-        the request's outcome to `outcome` when it ends (`JobStream` counts it)."""
+        """Audio bytes as frames decode: a WAV header first (wav), then 16-bit PCM after `chunk_frames`
+        frames, then in chunks twice as long each time up to `max_chunk_frames` (each decode re-runs the
+        decoder's context: longer chunks once the client has audio cost less); with `sse`, each piece as a
+        `speech.audio.delta` event, then `speech.audio.done`. Appends the request's outcome to `outcome`
+        when it ends (`JobStream` counts it)."""
         decoder = self.gen.audio_tokenizer.streaming_decoder()
         pack = audio.sse_delta if sse else (lambda data: data)
         if fmt == "wav":
             yield pack(audio.streaming_wav_header(self.rate))
         pending: list[torch.Tensor] = []
-        first = True
+        first, size = True, self.settings.chunk_frames
         try:
             async for chunk in self.frames_of(job, frames, deadline):
                 pending.append(chunk)
-                if sum(p.shape[1] for p in pending) < self.settings.chunk_frames:
+                if sum(p.shape[1] for p in pending) < size:
                     continue
                 wav = await self.decoding(decoder.push, torch.cat(pending, 1))
-                pending = []
+                pending, size = [], min(2 * size, self.settings.max_chunk_frames)
                 if wav.size:
                     if first:
                         self.metrics.first_audio_s.append(time.perf_counter() - arrived)

@@ -35,6 +35,7 @@ class _ServerKeys:
     max_input_chars: int
     timeout_s: float
     chunk_frames: int
+    max_chunk_frames: int
     decode_threads: int
 
 
@@ -64,6 +65,10 @@ def settings_from(cfg: DictConfig) -> ServeSettings:
     for key, low in at_least.items():
         if getattr(s, key) < low:
             raise HiggsLabError(f"{key} must be >= {low}, got {getattr(s, key)}")
+    if s.max_chunk_frames < s.chunk_frames:
+        raise HiggsLabError(
+            f"max_chunk_frames must be >= chunk_frames ({s.chunk_frames}), got {s.max_chunk_frames}"
+        )
     if not s.timeout_s > 0:
         raise HiggsLabError(f"timeout_s must be > 0, got {s.timeout_s}")
     if s.max_new_tokens >= s.max_tokens:
