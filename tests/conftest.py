@@ -15,6 +15,16 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_again():
+    """Back to one thread after a test that ran code setting its own count (training, the benches): float
+    sums depend on the thread count, and a worker thread keeps the count it first ran with, so a later test
+    comparing two computations (one in such a thread) would see their last bits differ."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def oracle():
     """transformers' HiggsAudioV2 with tiny random weights: the numerical reference."""

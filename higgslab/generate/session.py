@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -510,8 +511,13 @@ def check_context(prompt: int, max_new_tokens: int, context: int) -> None:
         )
 
 
-@functools.cache
 def _noise_thread() -> ThreadPoolExecutor:
+    """This process's noise-drawing thread (a forked child, a rank, has none of its parent's threads)."""
+    return _noise_thread_of(os.getpid())
+
+
+@functools.cache
+def _noise_thread_of(pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(1, thread_name_prefix="higgslab-noise")
 
 
