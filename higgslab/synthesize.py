@@ -16,9 +16,9 @@ then `DIR/<id>.json` (the item, the sampling settings, and what came out: frames
 atomically. An item with both files is done: a rerun into DIR (after a kill, or with lines added) speaks
 only the others, and refuses one whose record says it was made from another text, seed or settings.
 Under `torchrun --nproc_per_node N -m higgslab.synthesize ...` rank r speaks items r, r + N, ...: the files
-are the same whatever N, since each item has its own seed. Rank 0 writes `DIR/summary.json` once all ranks
-are done (counts, times, every item's record), which `python -m higgslab.eval mode=quality audio_dir=DIR`
-scores. Exit code 1 when an item failed or ran to its max_new_tokens without ending its stream (its WAV
+are the same whatever N, since each item has its own seed (given the same CPU threads per process: float
+sums depend on their count). Rank 0 writes `DIR/summary.json` once all ranks are done (counts, times, every
+item's record), which `python -m higgslab.eval mode=quality audio_dir=DIR` scores. Exit code 1 when an item failed or ran to its max_new_tokens without ending its stream (its WAV
 holds what was made), as generate's for a chunk that gave up.
 """
 

@@ -144,7 +144,10 @@ def assert_same_files(one, two) -> None:
     assert summary["world_size"] == 2 and summary["records"] == summary_of(one)["records"]
 
 
-def _rank(rank: int, world: int, port: int, cfg) -> None:
+def _rank(rank: int, world: int, port: int, cfg, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # a spawned rank starts with all cores; float sums depend on the count
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")  # fmt: skip
     with redirect_stdout(StringIO()):
@@ -163,7 +166,7 @@ def test_two_forked_ranks_write_the_files_of_one_process(one_process, tmp_path):
     # as tests/train/test_finetune.py: after tests/test_device.py renamed the privateuse1 backend, fresh ranks
     renamed = torch._C._get_privateuse1_backend_name() != "privateuseone"
     context = mp.get_context("spawn" if renamed else "fork")
-    assert run_ranks(context, _rank, (2, free_port(), cfg)) == [0, 0]
+    assert run_ranks(context, _rank, (2, free_port(), cfg, torch.get_num_threads())) == [0, 0]
     assert_same_files(one, tmp_path / "two")
 
 
