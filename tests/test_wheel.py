@@ -66,6 +66,11 @@ def test_wheel_in_a_fresh_venv_runs_the_cli_with_its_own_configs(venv_python, tm
     job = run([venv_python, "-m", "higgslab.generate", "--cfg", "job"], tmp_path)
     assert "max_new_tokens: 2048" in job and "model_path: null" in job  # generate.yaml + its groups
 
+    serve = run([venv_python, "-m", "higgslab.serve", "--cfg", "job"], tmp_path)
+    assert "host: 127.0.0.1" in serve and "rows: 16" in serve  # serve.yaml, shipped
+    synthesize = run([venv_python, "-m", "higgslab.synthesize", "--cfg", "job"], tmp_path)
+    assert "manifest: ???" in synthesize and "model_path: null" in synthesize  # synthesize.yaml + its groups
+
     out = run([venv_python, "-m", "higgslab.generate", "text=Hello.", "seed=1", "output_dir=out"], tmp_path)
     assert "model: embedded higgslab-mini" in out
     info = sf.info(tmp_path / "out" / "output_1.wav")
