@@ -485,8 +485,6 @@ class DecodeSession:
             stats=stats,
         )
 
-    def stats_of(self, row: int) -> GenerationStats:
-        return self.rows[row].stats
 
 
 class _PairRow:
