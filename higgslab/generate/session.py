@@ -486,7 +486,6 @@ class DecodeSession:
         )
 
 
-
 class _PairRow:
     """A row holding a guided request's prompt without its text (or a row being filled)."""
 
