@@ -464,9 +464,7 @@ class Generator:
             yield out
         tail = torch.cat(pending, 1) if pending else None
         if decoder is not None:
-            rest = [decoder.push(tail)] if tail is not None else []
-            rest.append(decoder.flush())
-            out = np.concatenate(rest)
+            out = decoder.push(tail, last=True) if tail is not None else decoder.flush()
             if out.size:
                 yield out
         elif tail is not None:

@@ -258,11 +258,10 @@ class SpeechService:
                 return
             # a raw stream ends without its last chunk: the client sees it cut, not complete
             raise StreamFailed(error.message)
-        last = torch.cat(pending, 1) if pending else None
+        rest = torch.cat(pending, 1) if pending else None
 
         def finish() -> bytes:  # the last frames, and the ones the decoder held back for its lookahead
-            pieces = [decoder.push(last)] if last is not None else []
-            return b"".join(audio.pcm16(w) for w in [*pieces, decoder.flush()])
+            return audio.pcm16(decoder.push(rest, last=True) if rest is not None else decoder.flush())
 
         tail = await self.decoding(finish)
         if tail:

@@ -10,7 +10,7 @@ radius. `decoder_radius` adds it up layer by layer: the first conv (kernel 7: 3 
 
 Each `push` re-runs the decoder on [context frames already emitted] + [pending frames] and returns only the
 frames that now have `lookahead` frames of future behind them; `flush` returns the rest (the true end of the
-sequence, where the one-shot decode also sees zero padding). Because every returned frame saw its whole
+sequence, where the one-shot decode also sees zero padding), and `push(codes, last=True)` does both in one decode. Because every returned frame saw its whole
 receptive field, the chunks concatenate to the one-shot output up to float rounding (measured ≤ 1e-6 on the
 tiny models). A smaller `lookahead` lowers latency at the cost of an approximation near each chunk's end.
 (Perturbing one latent frame of the tiny model changes exactly the 10 output frames on either side, inside
@@ -64,12 +64,13 @@ class StreamingDecoder:
         self.total = 0  # frames pushed
 
     @torch.no_grad()
-    def push(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Append codes `[n_q, n]` (n ≥ 1); return the samples of every frame that is now final."""
+    def push(self, codes: np.ndarray | torch.Tensor, last: bool = False) -> np.ndarray:
+        """Append codes `[n_q, n]` (n ≥ 1); return the samples of every frame that is now final, or with
+        `last` (the sequence ends with these codes) of every frame left: `push` + `flush` in one decode."""
         latent = self.tok.model.decoder_input(self.tok.check_codes(codes)[:1], self.k)
         self.window = latent if self.window is None else torch.cat([self.window, latent], dim=-1)
         self.total += latent.shape[-1]
-        return self.emit(self.total - self.lookahead)
+        return self.emit(self.total if last else self.total - self.lookahead)
 
     def flush(self) -> np.ndarray:
         """Return the samples of all frames not yet returned (the sequence has ended)."""

@@ -91,6 +91,23 @@ def test_streaming_matches_one_shot(tok, chunk):
     assert sum(len(p) for p in parts[:-1]) > 0, "chunks must be emitted before the flush"
 
 
+def test_streaming_last_push_is_push_and_flush_in_one_decode(tok):
+    codes = torch.randint(0, 1024, (8, 40), generator=torch.Generator().manual_seed(3))
+    calls = []
+    hook = tok.model.acoustic_decoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        a, b = tok.streaming_decoder(), tok.streaming_decoder()
+        split = np.concatenate([a.push(codes[:, :25]), a.push(codes[:, 25:]), a.flush()])
+        n_split = len(calls)
+        joined = np.concatenate([b.push(codes[:, :25]), b.push(codes[:, 25:], last=True)])
+    finally:
+        hook.remove()
+    assert (n_split, len(calls) - n_split) == (3, 2)
+    assert joined.shape == split.shape
+    np.testing.assert_allclose(joined, tok.decode(codes), atol=1e-5)  # a window of its own: rounding apart
+    assert b.flush().size == 0
+
+
 def test_streaming_with_k_and_reset(tok):
     codes = torch.randint(0, 1024, (8, 30), generator=torch.Generator().manual_seed(7))
     stream = tok.streaming_decoder(k=3)
