@@ -67,14 +67,18 @@ def draws(temperature: float, ras: bool) -> int:
     return int(temperature > 0) + int(ras)
 
 
+def exp1(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """float32 Exp(1) noise of `shape` from `generator`: -log(1 - U), U uniform on [0, 1) (on the CPU
+    `uniform_` and a log cost much less than `exponential_`: bench/RESULTS.md)."""
+    u = torch.empty(shape, dtype=torch.float32, device=device).uniform_(generator=generator)
+    return u.neg_().log1p_().neg_()
+
+
 def exponential_noise(
     shape: tuple[int, ...], n: int, generator: torch.Generator | None, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, ...]:
     """`n` float32 tensors of Exp(1) noise, drawn from `generator` exactly as `sample` would draw them."""
-    return tuple(
-        torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator)
-        for _ in range(n)
-    )
+    return tuple(exp1(shape, generator, device) for _ in range(n))
 
 
 def race(
@@ -83,7 +87,7 @@ def race(
     """Draw one index per row of `[..., V]` probabilities: argmax(p / Exp(1) noise) → `[...]`. The noise
     is drawn from `generator` unless given (same shape as `probs`)."""
     if noise is None:
-        noise = torch.empty_like(probs).exponential_(generator=generator)
+        noise = exp1(tuple(probs.shape), generator, probs.device)
     return (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
 
 
