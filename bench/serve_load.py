@@ -1,15 +1,17 @@
 """The speech server under load: continuous batching against serving requests one by one, one run.
 
-    python bench/serve_load.py [--clients 1 4 16] [--requests 16] [--max-new-tokens 200] [--rows 32]
+    python bench/serve_load.py [--clients 1 4 16] [--requests 16] [--max-new-tokens 200] [--rows 32] [--repeats 3]
 
 First the same `--requests` requests (distinct texts and seeds) without a server: `Generator.generate` one by
 one (decode steps and audio decoding timed apart; the audio is each request's "alone" result), and their
 decode steps all at once through a `ContinuousBatcher`. Then `python -m higgslab.serve` on 127.0.0.1 around
-the embedded mini, in a process of its own, twice: with `--rows` decode rows (continuous batching; a request
+the embedded mini, in a process of its own, twice: side by side: with `--rows` decode rows (continuous batching; a request
 with the mini's guidance takes two) and with two rows (one request at a time). Each phase sends the requests
-from N client threads (httpx), streamed WAV for N in `--clients` and whole files for the largest N, and
-prints throughput (seconds of audio per wall second), p50/p95 time to the first audio bytes (after a streamed
-WAV's header; a whole file: to the response), and the speed-up of batching over one by one. Every response
+from N client threads (httpx): streamed WAV to the batching server for the smaller N of `--clients`, then for
+the largest N, `--repeats` times, streamed and whole files to each server in turn. Each phase prints
+throughput (seconds of audio per wall second) and p50/p95 time to the first audio bytes (after a streamed
+WAV's header; a whole file: to the response); the speed-up of batching over one by one is the median and the
+least of the pairs' ratios. Every response
 must be a complete WAV equal to the request served alone (16-bit samples; a stream to one step: it is
 decoded chunk by chunk); a mismatch is printed and the exit code is 1. Bounded: each phase stops at
 `--phase-limit` seconds (requests not sent by then are reported).
@@ -154,6 +156,7 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=32, help="of the batching server (guidance: 2 per request)")
     p.add_argument("--chunk-frames", type=int, default=10)
     p.add_argument("--phase-limit", type=float, default=180.0, help="seconds per phase at most")
+    p.add_argument("--repeats", type=int, default=3, help="alternating pairs of N = max(--clients) phases")
     args = p.parse_args()
 
     from hydra import compose, initialize_config_dir
@@ -212,34 +215,42 @@ def main() -> int:
 
     problems = 0
 
-    def serve(rows: int, name: str, runs: list[tuple[int, bool]]) -> list[float]:
-        """Throughput of each run (clients, streamed) through a server process with `rows` rows."""
+    def run_phase(url: str, name: str, clients: int, stream: bool) -> float:
+        """One phase against the server at `url`; its throughput (seconds of audio per wall second)."""
         nonlocal problems
-        rates = []
-        with server_process([f"rows={rows}", f"max_new_tokens={args.max_new_tokens}",
-                             f"chunk_frames={args.chunk_frames}"]) as url:  # fmt: skip
-            for clients, stream in runs:
-                result = phase(url, streamed if stream else whole, clients, args.phase_limit)
-                audio_s, firsts, wrong = check(result, alone)
-                rates.append(audio_s / result["wall_s"])
-                ttfa = np.percentile(firsts, [50, 95]) if firsts else [float("nan")] * 2
-                print(f"{name:<22} {'streamed' if stream else 'whole   '} N={clients:<2}: {result['wall_s']:6.1f} s, "
-                      f"{rates[-1]:5.2f} s of audio per s, first audio p50 {ttfa[0]:.2f} s p95 {ttfa[1]:.2f} s, "
-                      f"{len(firsts) - len(wrong)}/{len(requests)} complete and equal to alone")  # fmt: skip
-                for line in wrong:
-                    print(f"  {line}")
-                problems += len(wrong)
-        return rates
+        result = phase(url, streamed if stream else whole, clients, args.phase_limit)
+        audio_s, firsts, wrong = check(result, alone)
+        rate = audio_s / result["wall_s"]
+        ttfa = np.percentile(firsts, [50, 95]) if firsts else [float("nan")] * 2
+        print(f"{name:<22} {'streamed' if stream else 'whole   '} N={clients:<2}: {result['wall_s']:6.1f} s, "
+              f"{rate:5.2f} s of audio per s, first audio p50 {ttfa[0]:.2f} s p95 {ttfa[1]:.2f} s, "
+              f"{len(firsts) - len(wrong)}/{len(requests)} complete and equal to alone")  # fmt: skip
+        for line in wrong:
+            print(f"  {line}")
+        problems += len(wrong)
+        return rate
 
-    runs = [(n, True) for n in args.clients] + [(max(args.clients), False)]
-    batched = serve(args.rows, f"batching ({args.rows} rows)", runs)
-    one_stream, one_whole = serve(
-        2, "one by one (2 rows)", [(max(args.clients), True), (max(args.clients), False)]
-    )
-    for (clients, stream), rate in zip(runs, batched, strict=True):
+    def overrides(rows: int) -> list[str]:
+        return [f"rows={rows}", f"max_new_tokens={args.max_new_tokens}", f"chunk_frames={args.chunk_frames}"]
+
+    n = max(args.clients)
+    batching, one_by_one = f"batching ({args.rows} rows)", "one by one (2 rows)"
+    with server_process(overrides(args.rows)) as fast, server_process(overrides(2)) as slow:
+        for clients in args.clients[:-1] if len(args.clients) > 1 else []:
+            run_phase(fast, batching, clients, True)
+        # the N = n phases alternate between the two servers, so that a ratio compares phases measured
+        # seconds apart: on a shared machine the speed drifts by tens of percent within minutes
+        ratios: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(args.repeats):
+            for stream in (True, False):
+                ratios[stream].append(
+                    run_phase(fast, batching, n, stream) / run_phase(slow, one_by_one, n, stream)
+                )
+    for stream in (True, False):
         kind = "streamed" if stream else "whole files"
-        print(f"speed-up of continuous batching over one by one, {kind}, N={clients}: "
-              f"{rate / (one_stream if stream else one_whole):.2f}x")  # fmt: skip
+        each = ", ".join(f"{r:.2f}" for r in ratios[stream])
+        print(f"speed-up of continuous batching over one by one, {kind}, N={n}: median "
+              f"{np.median(ratios[stream]):.2f}x, min {min(ratios[stream]):.2f}x (each pair: {each})")  # fmt: skip
     if problems:
         print(f"{problems} responses incomplete or not equal to the request served alone")
     return 1 if problems else 0

@@ -67,7 +67,9 @@ def draws(temperature: float, ras: bool) -> int:
     return int(temperature > 0) + int(ras)
 
 
-def exp1(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+def exp1(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str
+) -> torch.Tensor:
     """float32 Exp(1) noise of `shape` from `generator`: -log(1 - U), U uniform on [0, 1) (on the CPU
     `uniform_` and a log cost much less than `exponential_`: bench/RESULTS.md)."""
     u = torch.empty(shape, dtype=torch.float32, device=device).uniform_(generator=generator)
