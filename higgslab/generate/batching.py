@@ -7,10 +7,12 @@ their stream closes, each with its own seed and sampling settings.
     job.result.codes                  # [n_q, F], what `Generator.generate` gives for the same request
 
 Alone or beside others, a request is sampled from the same draws of its own seed by the same ops on its own
-logits (`DecodeSession`); the logits themselves are computed in a batch, through masked attention, and may
-differ in their last bits from those of a run alone. In float32 that has not changed a code in the tests
-(greedy and sampled: tests/generate/test_batching.py); in bf16 a near tie can fall the other way, and the
-two streams part from there.
+logits (`DecodeSession`); the logits themselves are computed in a batch and may differ in their last bits
+from those of a run alone, in float32 too: the CPU's matrix products take another kernel for one or two
+rows than for four or more, attention over a window widened by other rows' (masked) slots sums in another
+order, and guidance scales the difference. A draw from a near tie can then fall the other way, and the two
+streams part from there: rarely in float32 (the tests' requests keep their alone codes, greedy and sampled:
+tests/generate/test_batching.py), often in bf16 (bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -216,8 +216,17 @@ class SpeechService:
         body = await self.decoding(
             lambda: audio.whole_file(self.gen._decode(job.result.codes), self.rate, fmt)
         )
-        self.metrics.requests["ok"] += 1
+        self.metrics.requests[self.ended(job)] += 1
+        headers = {**headers, "x-higgslab-finished": str(job.result.finished).lower()}
         return Response(body, media_type=audio.MEDIA_TYPES[fmt], headers=headers)
+
+    def ended(self, job: Job) -> str:
+        """ "ok", or "unfinished" (logged) for a job cut at max_new_tokens before its stream closed."""
+        if job.result.finished:
+            return "ok"
+        log.warning("a request ran to max_new_tokens=%d before its stream closed: its audio is cut",
+                    job.request.max_new_tokens)  # fmt: skip
+        return "unfinished"
 
     async def stream(self, job, frames, fmt: str, sse: bool, deadline: float, arrived: float, outcome: list
                      ) -> AsyncIterator[bytes]:  # fmt: skip
@@ -270,10 +279,10 @@ class SpeechService:
             yield pack(tail)
         if sse:
             n = job.result.codes.shape[1]
-            yield audio.sse_event({"type": "speech.audio.done",
+            yield audio.sse_event({"type": "speech.audio.done", "finished": job.result.finished,
                                    "usage": {"input_tokens": len(job.request.ids), "output_tokens": n,
                                              "total_tokens": len(job.request.ids) + n}})  # fmt: skip
-        outcome.append("ok")
+        outcome.append(self.ended(job))
 
 
 class StreamFailed(Exception):

@@ -6,7 +6,8 @@ from collections import Counter, deque
 
 import numpy as np
 
-# a request's outcome by its HTTP status; "ok" and "disconnected" are counted where they happen
+# a request's outcome by its HTTP status; "ok", "unfinished" (cut at max_new_tokens) and "disconnected" are
+# counted where they happen
 OUTCOMES = {400: "rejected", 401: "unauthorized", 404: "not_found", 405: "rejected", 429: "queue_full",
             500: "failed", 504: "timeout"}  # fmt: skip
 SUMMARY_WINDOW = 1000  # quantiles over the last this many requests
@@ -37,7 +38,7 @@ class Metrics:
                          for q in (0.5, 0.95)}  # fmt: skip
             metric(name, "summary", help, {**quantiles, "_sum": values.sum(), "_count": values.size})
 
-        outcomes = ("ok", "disconnected", *sorted(set(OUTCOMES.values())))
+        outcomes = ("ok", "unfinished", "disconnected", *sorted(set(OUTCOMES.values())))
         metric("requests_total", "counter", "Requests by outcome.",
                {f'{{outcome="{o}"}}': self.requests[o] for o in outcomes})  # fmt: skip
         metric("queue_length", "gauge", "Requests waiting for rows.", {"": batcher.queued})

@@ -72,6 +72,7 @@ def speech(server, **body):
 def test_pcm_and_flac(server, expected):
     pcm = speech(server, response_format="pcm")
     assert pcm.status_code == 200 and pcm.headers["content-type"] == "audio/pcm"
+    assert pcm.headers["x-higgslab-finished"] == "true"
     np.testing.assert_array_equal(np.frombuffer(pcm.content, "<i2"), expected)
     flac = speech(server, response_format="flac")
     assert flac.status_code == 200
@@ -87,8 +88,28 @@ def test_sse(server, expected):
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
     assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] > 0
+    assert events[-1]["finished"] is True
     pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
     assert_streamed_equal(np.frombuffer(pcm, "<i2"), expected)
+
+
+def unfinished_count(server) -> int:
+    metrics = httpx.get(f"{server.url}/metrics").text
+    return int(float(metrics.split('higgslab_requests_total{outcome="unfinished"} ')[1].split()[0]))
+
+
+def test_a_cut_request_says_so(server):
+    """A request that runs to max_new_tokens before its stream closes is answered with the audio it has,
+    and says it was cut: a whole file in a header, an SSE stream in its done event, /metrics in a count."""
+    before = unfinished_count(server)
+    whole = speech(server, max_new_tokens=12)
+    assert whole.status_code == 200 and whole.headers["x-higgslab-finished"] == "false"
+    assert 0 < int16(whole.content).size <= 12 * 960
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=60,
+                      json={"input": TEXT, "seed": 1, "max_new_tokens": 12, "stream_format": "sse"}) as r:  # fmt: skip
+        done = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")][-1]
+    assert done["type"] == "speech.audio.done" and done["finished"] is False
+    assert unfinished_count(server) == before + 2
 
 
 def test_voice_cloning_equals_cli(server, mini):
