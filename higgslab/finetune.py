@@ -7,19 +7,18 @@ torchrun's own `--nnodes`, `--node_rank` and `--rdzv_endpoint`. The loop: `higgs
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from higgslab.conf import CONF_DIR
-from higgslab.errors import cli_errors
+from higgslab.conf import command
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="finetune")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     from higgslab.train.finetune import finetune, settings_from
 
-    with cli_errors():
-        finetune(settings_from(cfg))
+    finetune(settings_from(cfg))
+
+
+main = command("finetune", run)
 
 
 if __name__ == "__main__":

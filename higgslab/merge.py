@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from higgslab.conf import CONF_DIR
-from higgslab.errors import HiggsLabError, cli_errors
+from higgslab.conf import command
+from higgslab.errors import HiggsLabError
 
 
 @dataclass
@@ -64,10 +63,7 @@ def run(cfg: DictConfig) -> Path:
     return Path(s.output_dir)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="merge")
-def main(cfg: DictConfig) -> None:
-    with cli_errors():
-        run(cfg)
+main = command("merge", run)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,9 @@ Under `torchrun --nproc_per_node N -m higgslab.prepare ...` each rank encodes it
 
 from __future__ import annotations
 
-import sys
-
-import hydra
 from omegaconf import DictConfig
 
-from higgslab.conf import CONF_DIR
-from higgslab.errors import cli_errors
+from higgslab.conf import command
 
 
 def run(cfg: DictConfig) -> int:
@@ -28,11 +24,7 @@ def run(cfg: DictConfig) -> int:
     return 0 if result.examples else 1
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
-def main(cfg: DictConfig) -> None:
-    with cli_errors():
-        code = run(cfg)
-    sys.exit(code)
+main = command("prepare", run)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from higgslab.conf import CONF_DIR
-from higgslab.errors import HiggsLabError, cli_errors
+from higgslab.conf import command
+from higgslab.errors import HiggsLabError
 from higgslab.model.quant import QuantSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -100,10 +99,7 @@ def run(cfg: DictConfig) -> Path:
     return Path(s.output_dir)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="quantize")
-def main(cfg: DictConfig) -> None:
-    with cli_errors():
-        run(cfg)
+main = command("quantize", run)
 
 
 if __name__ == "__main__":

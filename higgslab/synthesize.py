@@ -34,11 +34,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from higgslab.conf import CONF_DIR
-from higgslab.errors import HiggsLabError, cli_errors
+from higgslab.conf import command
+from higgslab.errors import HiggsLabError
+from higgslab.generate.settings import settings_class
 
 SUMMARY = "summary.json"
 ITEM_KEYS = ("text", "id", "voice", "scene", "seed", "max_new_tokens")
@@ -48,32 +48,20 @@ RESERVED_IDS = ("summary",)  # summary.json is the run's own
 
 
 @dataclass
-class SynthesizeSettings:
-    """Every key of `python -m higgslab.synthesize` (synthesize.yaml + generation/ + model/), typed; the
-    defaults live in the yaml."""
-
+class _SynthesizeKeys:
     manifest: str
     output_dir: str
     rows: int
-    seed: int
+    seed: int  # of an item that names none (max_new_tokens too)
     voices_dir: str | None
-    max_new_tokens: int  # of an item that names none
-    temperature: float
-    top_k: int
-    top_p: float
-    ras_window: int
-    ras_max_repeat: int
-    cfg_scale: float | None  # None: the checkpoint's own
-    model_path: str | None
-    tokenizer_path: str | None
-    adapter_path: str | None
-    quantize: str | None
-    group_size: int
-    tokenizer_device: str | None
-    device: str
 
     def sampling(self) -> dict:
         return {key: getattr(self, key) for key in SAMPLING}
+
+
+SynthesizeSettings = settings_class("SynthesizeSettings", _SynthesizeKeys, __name__,
+                                    "Every key of `python -m higgslab.synthesize` (synthesize.yaml + "
+                                    "generation/ + model/), typed; the defaults live in the yaml.")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -423,11 +411,7 @@ def run(cfg: DictConfig) -> int:
     return 1 if warning else 0
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="synthesize")
-def main(cfg: DictConfig) -> None:
-    with cli_errors():
-        code = run(cfg)
-    sys.exit(code)
+main = command("synthesize", run)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from higgslab.conf import CONF_DIR
-from higgslab.errors import HiggsLabError, cli_errors
+from higgslab.conf import command
+from higgslab.errors import HiggsLabError
 from higgslab.eval import quality
 from higgslab.eval.report import SCHEMA_VERSION, skipped
 
@@ -174,12 +173,12 @@ def run(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     return report, folder
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
-def main(cfg: DictConfig) -> None:
-    with cli_errors():
-        report, _ = run(cfg, " ".join(["python -m higgslab.eval", *sys.argv[1:]]))
-        if cfg.strict and not report["passed"]:
-            sys.exit(1)
+def cli(cfg: DictConfig) -> int:
+    report, _ = run(cfg, " ".join(["python -m higgslab.eval", *sys.argv[1:]]))
+    return 1 if cfg.strict and not report["passed"] else 0
+
+
+main = command("eval", cli)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ import re
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from higgslab.conf import CONF_DIR
-from higgslab.errors import HiggsLabError, cli_errors
+from higgslab.conf import command
+from higgslab.errors import HiggsLabError
 from higgslab.generate.settings import GenerateSettings, load_settings, settings_from
 
 
@@ -145,11 +144,7 @@ def gave_up_line(i: int, chunk, s: GenerateSettings) -> str | None:
     return f"chunk {i} after {tries}, the last {why}"
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
-def main(cfg: DictConfig) -> None:
-    with cli_errors():
-        code = run(cfg)
-    sys.exit(code)
+main = command("generate", run)
 
 
 FREE_TEXT = ("text=", "scene=", "ref_text=")

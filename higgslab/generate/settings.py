@@ -115,6 +115,24 @@ def _takes(annotation) -> str:
     return names.get(base, "a value") + (" or null" if type(None) in args else "")
 
 
+# the keys of the generation/ and model/ groups that the server and batch synthesis take as generate does
+# (sampling defaults, max_new_tokens; which model and how it loads), typed once, in GenerateSettings
+MODEL_AND_SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "ras_window", "ras_max_repeat",
+                           "cfg_scale", "model_path", "tokenizer_path", "adapter_path", "quantize", "group_size",
+                           "tokenizer_device", "device")  # fmt: skip
+
+
+def settings_class(name: str, own_keys: type, module: str, doc: str) -> type:
+    """The settings dataclass `name` of another CLI: the fields of `own_keys` (a dataclass, its methods
+    too), then `MODEL_AND_SAMPLING_KEYS` typed as in `GenerateSettings`."""
+    types = typing.get_type_hints(GenerateSettings)
+    cls = dataclasses.make_dataclass(
+        name, [(key, types[key]) for key in MODEL_AND_SAMPLING_KEYS], bases=(own_keys,)
+    )
+    cls.__module__, cls.__doc__ = module, doc
+    return cls
+
+
 def typed_settings(cls: type, cfg: DictConfig, command: str):
     """`cfg` (a composed Hydra config) as an instance of the settings dataclass `cls`, or one
     `HiggsLabError` line: an unknown key, a missing one, a value of the wrong type. `command` names the

@@ -8,11 +8,9 @@ starts, and uvicorn serves `app.create_app` until Ctrl-C.
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from higgslab.conf import CONF_DIR
-from higgslab.errors import cli_errors
+from higgslab.conf import command
 
 
 def run(cfg: DictConfig) -> None:
@@ -40,10 +38,7 @@ def run(cfg: DictConfig) -> None:
         batcher.stop()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
-def main(cfg: DictConfig) -> None:
-    with cli_errors():
-        run(cfg)
+main = command("serve", run)
 
 
 if __name__ == "__main__":

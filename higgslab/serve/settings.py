@@ -6,14 +6,12 @@ defaults, the dataclass only the types, and every bad value is one `HiggsLabErro
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
 from higgslab.errors import HiggsLabError
-from higgslab.generate.settings import GenerateSettings, check_model_settings, typed_settings
+from higgslab.generate.settings import check_model_settings, settings_class, typed_settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -39,17 +37,8 @@ class _ServerKeys:
     decode_threads: int
 
 
-# the keys of the generation/ and model/ groups (sampling defaults a request may override, max_new_tokens
-# also its cap; which model and how it loads), typed once, in GenerateSettings
-SHARED_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "ras_window", "ras_max_repeat", "cfg_scale",
-               "model_path", "tokenizer_path", "adapter_path", "quantize", "group_size", "tokenizer_device",
-               "device")  # fmt: skip
-_types = typing.get_type_hints(GenerateSettings)
-ServeSettings = dataclasses.make_dataclass(
-    "ServeSettings", [(key, _types[key]) for key in SHARED_KEYS], bases=(_ServerKeys,)
-)
-ServeSettings.__module__ = __name__
-ServeSettings.__doc__ = "Every key of `python -m higgslab.serve` (serve.yaml + generation/ + model/), typed."
+ServeSettings = settings_class("ServeSettings", _ServerKeys, __name__,
+                               "Every key of `python -m higgslab.serve` (serve.yaml + generation/ + model/), typed.")  # fmt: skip
 
 
 def settings_from(cfg: DictConfig) -> ServeSettings:

@@ -254,18 +254,14 @@ def train_lm(cfg: DictConfig) -> Path:
     return export_model(model, text_dir, run_dir / "model", generation=generation)
 
 
+def cli(cfg: DictConfig) -> None:
+    print(f"wrote {train_lm(cfg)}")
+
+
 def main() -> None:
-    import hydra
+    from higgslab.conf import command
 
-    from higgslab.conf import CONF_DIR
-    from higgslab.errors import cli_errors
-
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train/lm")
-    def run(cfg: DictConfig) -> None:
-        with cli_errors():
-            print(f"wrote {train_lm(cfg)}")
-
-    run()
+    command("train/lm", cli)()
 
 
 if __name__ == "__main__":

@@ -125,18 +125,14 @@ def usage_summary(trainer: CodecTrainer, clips: list[Clip]) -> dict[str, list[fl
     return {"perplexity": np.round(stats.perplexity, 1).tolist(), "dead": stats.dead.tolist()}
 
 
+def cli(cfg: DictConfig) -> None:
+    print(f"wrote {train_tokenizer(cfg)}")
+
+
 def main() -> None:
-    import hydra
+    from higgslab.conf import command
 
-    from higgslab.conf import CONF_DIR
-    from higgslab.errors import cli_errors
-
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train/tokenizer")
-    def run(cfg: DictConfig) -> None:
-        with cli_errors():
-            print(f"wrote {train_tokenizer(cfg)}")
-
-    run()
+    command("train/tokenizer", cli)()
 
 
 if __name__ == "__main__":
