@@ -164,6 +164,8 @@ class ContinuousBatcher:
         if not self.running:
             return False
         t0 = time.perf_counter()
+        # rows freed below running ones and not taken by a new request: moved out of the steps' way
+        self._follow(self.session.compact())
         column = self.session.step()
         rows = sorted(self.running)
         index = torch.tensor(rows, device=column.device)
@@ -195,6 +197,13 @@ class ContinuousBatcher:
                 self._leave(job)
         self.stats.decode_s += time.perf_counter() - t0
         return True
+
+    def _follow(self, moved: dict[int, int]) -> None:
+        """The running jobs in the rows `DecodeSession.compact` moved them to."""
+        jobs = {new: self.running.pop(old) for old, new in moved.items()}
+        for row, job in jobs.items():
+            job.row = row
+        self.running.update(jobs)
 
     def _admit(self, job: Job) -> None:
         try:

@@ -21,8 +21,9 @@ Two ways in:
   run alone prefills it, into the slots just before the write cursor. The cursor is shared (a step writes
   every row at one slot), so the other rows see masked empty slots there; when it reaches the cache's end,
   or when they are half of the written slots, the slots before the oldest running prompt are dropped
-  (`_tidy`). Steps run eagerly over the rows up to the last in use, each group of rows with equal settings
-  sampled together, each row drawing its noise from its own seed's generator.
+  (`_tidy`). Steps run eagerly over the rows up to the last in use (`compact` moves the last requests down
+  into rows freed under them), each group of rows with equal settings sampled together, each row drawing
+  its noise from its own seed's generator.
 A row is sampled as it would be alone: the same draws from its seed, the same sampling ops on its own
 logits. Only the logits' last bits can differ, where attention runs over a window widened by other rows'
 slots (masked) and matrix products take several rows (see `batching.py`).
@@ -484,6 +485,45 @@ class DecodeSession:
             seed=r.request.seed,
             stats=stats,
         )
+
+    @torch.inference_mode()
+    def compact(self) -> dict[int, int]:
+        """Move the last rows in use down into free rows, so that steps (over the rows up to the last in
+        use) compute no freed row; {row it was: row it is} of each request moved. A continuous session only;
+        call it between steps, and follow the moves (a request's row changes)."""
+        moved: dict[int, int] = {}
+        while self.continuous and self.rows:
+            last = len(self.rows) - 1
+            cond = self.rows[last].of if _is_pair(self.rows[last]) else last
+            unit = list(range(cond, last + 1))  # a request's row, and its text-free twin's
+            free = self._free_run(len(unit))
+            if free is None or free >= cond:
+                break
+            self._move(unit, list(range(free, free + len(unit))))
+            origin = next((k for k, v in moved.items() if v == cond), cond)
+            moved[origin] = free
+            while self.rows and self.rows[-1] is None:
+                self.rows.pop()
+        return moved
+
+    def _move(self, src: list[int], dst: list[int]) -> None:
+        """A request's rows `src` (its own, then its twin's) to the free rows `dst`: cache and decode state."""
+        c, r = self.cache, self.rows[src[0]]
+        s, d = (torch.tensor(x, device=c.seen.device) for x in (src, dst))
+        for t in (*c.keys, *c.values):
+            t[d, :, : self.used] = t[s, :, : self.used]
+        for t in (c.valid, c.is_audio, c.seen, self.column, self.history, *self.state):
+            t[d] = t[s]
+        self.columns[d, : r.t] = self.columns[s, : r.t]
+        c.valid[s] = False
+        self.state.done[s] = True  # free rows count as done
+        for a, b in zip(src, dst, strict=True):
+            self._first[b] = self._first.pop(a)
+            self.rows[a] = None
+        r.pair = dst[1] if r.pair is not None else None
+        self.rows[dst[0]] = r
+        if r.pair is not None:
+            self.rows[dst[1]] = _PairRow(dst[0])
 
 
 class _PairRow:

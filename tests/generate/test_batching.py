@@ -137,6 +137,43 @@ def test_batcher_streams_frames_and_frees_cancelled_rows(mini, requests, alone):
     )  # the cancelled one had none yet
 
 
+def test_compact_moves_the_last_requests_into_freed_rows(mini, requests, alone):
+    """Rows 0-2 are freed under a guided request (rows 3-4) and another (row 5): the last moves to row 0, the
+    guided one to rows 1-2, their cache rows and decode state with them, and both still decode their alone
+    codes."""
+    longest = max(len(r.ids) for r in requests) + STEPS
+    session = DecodeSession(mini.model, capacity=6, length=2 * longest)
+    rows = [session.prefill([requests[i]])[0] for i in (5, 2, 2, 4, 2)]
+    assert rows == [0, 1, 2, 3, 5]
+    for _ in range(6):
+        session.step()
+    assert session.compact() == {}  # no free row below a running one
+    for row in (0, 1, 2):
+        session.finish(row)
+    assert session.compact() == {5: 0, 3: 1}
+    assert session.compact() == {} and len(session.rows) == 3
+    results = {}
+    while not session.idle:
+        session.step()
+        for row in session.ended():
+            results[row] = session.finish(row).codes
+    assert torch.equal(results[0], alone[2]) and torch.equal(results[1], alone[4])
+
+
+def test_batcher_follows_its_requests_into_compacted_rows(mini, requests, alone):
+    """A request cancelled under two running ones frees its row; the batcher moves the last one down into
+    it before the next step, its job follows, and both finish with their alone codes."""
+    batcher = ContinuousBatcher(mini.model, rows=3, max_tokens=max(len(r.ids) for r in requests) + STEPS)
+    jobs = [batcher.submit(requests[i]) for i in (2, 5, 2)]
+    batcher.step()
+    assert [j.row for j in jobs] == [0, 1, 2]
+    batcher.cancel(jobs[0])
+    batcher.step()
+    assert jobs[2].row == 0 and sorted(batcher.running) == [0, 1] and len(batcher.session.rows) == 2
+    batcher.run_until_idle()
+    assert torch.equal(jobs[1].wait(0).codes, alone[5]) and torch.equal(jobs[2].wait(0).codes, alone[2])
+
+
 def test_batcher_runs_in_its_thread(mini, requests, alone):
     batcher = ContinuousBatcher(mini.model, rows=8, max_tokens=200)
     batcher.start()
