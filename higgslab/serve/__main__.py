@@ -8,6 +8,8 @@ starts, and uvicorn serves `app.create_app` until Ctrl-C.
 
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig
 
 from higgslab.conf import command
@@ -32,6 +34,13 @@ def run(cfg: DictConfig) -> None:
     batcher.start()
     if s.api_key is None and s.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving {s.host} without an api_key: anyone who reaches it can use it")
+    # the server's own log (a cut stream, an unfinished request) at uvicorn's level and in its style; Hydra's
+    # disabled job logging leaves the root logger at ERROR
+    log = logging.getLogger("higgslab.serve")
+    log.setLevel(s.log_level.upper())
+    log.addHandler(logging.StreamHandler())
+    log.handlers[-1].setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    log.propagate, log.disabled = False, False
     try:
         uvicorn.run(create_app(gen, batcher, s), host=s.host, port=s.port, log_level=s.log_level)
     finally:

@@ -98,11 +98,14 @@ def unfinished_count(server) -> int:
     return int(float(metrics.split('higgslab_requests_total{outcome="unfinished"} ')[1].split()[0]))
 
 
-def test_a_cut_request_says_so(server):
+def test_a_cut_request_says_so(server, caplog):
     """A request that runs to max_new_tokens before its stream closes is answered with the audio it has,
-    and says it was cut: a whole file in a header, an SSE stream in its done event, /metrics in a count."""
+    and says it was cut: a whole file in a header, an SSE stream in its done event, /metrics in a count,
+    the log in a warning."""
     before = unfinished_count(server)
-    whole = speech(server, max_new_tokens=12)
+    with caplog.at_level("WARNING", logger="higgslab.serve"):
+        whole = speech(server, max_new_tokens=12)
+    assert "ran to max_new_tokens=12 before its stream closed" in caplog.text
     assert whole.status_code == 200 and whole.headers["x-higgslab-finished"] == "false"
     assert 0 < int16(whole.content).size <= 12 * 960
     with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=60,
