@@ -221,7 +221,8 @@ class SpeechService:
         return Response(body, media_type=audio.MEDIA_TYPES[fmt], headers=headers)
 
     def ended(self, job: Job) -> str:
-        """ "ok", or "unfinished" (logged) for a job cut at max_new_tokens before its stream closed."""
+        """The finished job's outcome: "ok", or "unfinished" (and a warning) when it was cut at max_new_tokens
+        before its stream closed."""
         if job.result.finished:
             return "ok"
         log.warning("a request ran to max_new_tokens=%d before its stream closed: its audio is cut",
