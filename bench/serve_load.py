@@ -1,22 +1,23 @@
 """The speech server under load: continuous batching against serving requests one by one, one run.
 
-    python bench/serve_load.py [--clients 1 4 16] [--requests 16] [--max-new-tokens 200] [--rows 32] [--repeats 3]
+    python bench/serve_load.py [--clients 1 4 16] [--requests 16] [--max-new-tokens 200] [--rows 32]
+                               [--repeats 3]
 
 First the same `--requests` requests (distinct texts and seeds) without a server: `Generator.generate` one by
 one (decode steps and audio decoding timed apart; the audio is each request's "alone" result), and their
 decode steps all at once through a `ContinuousBatcher`. Then `python -m higgslab.serve` on 127.0.0.1 around
-the embedded mini, in a process of its own, twice: side by side: with `--rows` decode rows (continuous batching; a request
-with the mini's guidance takes two) and with two rows (one request at a time). Each phase sends the requests
-from N client threads (httpx): streamed WAV to the batching server for the smaller N of `--clients`, then for
-the largest N, `--repeats` times, streamed and whole files to each server in turn. Each phase prints
-throughput (seconds of audio per wall second) and p50/p95 time to the first audio bytes (after a streamed
-WAV's header; a whole file: to the response); the speed-up of batching over one by one is the median and the
-least of the pairs' ratios. Every response
-must be a complete WAV equal to the request served alone (16-bit samples; a stream to one step: it is
-decoded chunk by chunk); a mismatch is printed, with the time where it parts from its alone run, and the
-exit code is 1. Batched logits can differ from alone ones in their last bits (`higgslab.generate.batching`),
-so a draw from a near tie can fall the other way: bench/RESULTS.md says how often. Bounded: each phase stops at
-`--phase-limit` seconds (requests not sent by then are reported).
+the embedded mini, twice, side by side, each in a process of its own: with `--rows` decode rows (continuous
+batching; a request with the mini's guidance takes two) and with two rows (one request at a time). Each
+phase sends the requests from N client threads (httpx): streamed WAV to the batching server for the smaller
+N of `--clients`, then for the largest N, `--repeats` times, streamed and whole files to each server in
+turn. Each phase prints throughput (seconds of audio per wall second) and p50/p95 time to the first audio
+bytes (after a streamed WAV's header; a whole file: to the response); the speed-up of batching over one by
+one is the median and the least of the pairs' ratios. Every response must be a complete WAV equal to the
+request served alone (16-bit samples; a stream to one step: it is decoded chunk by chunk); a mismatch is
+printed, with the time where it parts from its alone run, and the exit code is 1. Batched logits can differ
+from alone ones in their last bits (`higgslab.generate.batching`), so a draw from a near tie can fall the
+other way: bench/RESULTS.md says how often. Bounded: each phase stops at `--phase-limit` seconds (requests
+not sent by then are reported).
 """
 
 from __future__ import annotations

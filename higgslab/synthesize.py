@@ -18,8 +18,9 @@ only the others, and refuses one whose record says it was made from another text
 Under `torchrun --nproc_per_node N -m higgslab.synthesize ...` rank r speaks items r, r + N, ...: the files
 are the same whatever N, since each item has its own seed (given the same CPU threads per process: float
 sums depend on their count). Rank 0 writes `DIR/summary.json` once all ranks are done (counts, times, every
-item's record), which `python -m higgslab.eval mode=quality audio_dir=DIR` scores. Exit code 1 when an item failed or ran to its max_new_tokens without ending its stream (its WAV
-holds what was made), as generate's for a chunk that gave up.
+item's record), which `python -m higgslab.eval mode=quality audio_dir=DIR` scores. Exit code 1 when an
+item failed or ran to its max_new_tokens without ending its stream (its WAV holds what was made), as
+generate's for a chunk that gave up.
 """
 
 from __future__ import annotations
@@ -59,9 +60,13 @@ class _SynthesizeKeys:
         return {key: getattr(self, key) for key in SAMPLING}
 
 
-SynthesizeSettings = settings_class("SynthesizeSettings", _SynthesizeKeys, __name__,
-                                    "Every key of `python -m higgslab.synthesize` (synthesize.yaml + "
-                                    "generation/ + model/), typed; the defaults live in the yaml.")  # fmt: skip
+SynthesizeSettings = settings_class(
+    "SynthesizeSettings",
+    _SynthesizeKeys,
+    __name__,
+    "Every key of `python -m higgslab.synthesize` (synthesize.yaml + generation/ + model/), typed; the "
+    "defaults live in the yaml.",
+)
 
 
 @dataclass(frozen=True)

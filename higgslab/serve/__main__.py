@@ -36,10 +36,11 @@ def run(cfg: DictConfig) -> None:
         print(f"warning: serving {s.host} without an api_key: anyone who reaches it can use it")
     # the server's own log (a cut stream, an unfinished request) at uvicorn's level and in its style; Hydra's
     # disabled job logging leaves the root logger at ERROR
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
     log = logging.getLogger("higgslab.serve")
     log.setLevel(s.log_level.upper())
-    log.addHandler(logging.StreamHandler())
-    log.handlers[-1].setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    log.addHandler(handler)
     log.propagate, log.disabled = False, False
     try:
         uvicorn.run(create_app(gen, batcher, s), host=s.host, port=s.port, log_level=s.log_level)

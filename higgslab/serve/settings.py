@@ -37,8 +37,12 @@ class _ServerKeys:
     decode_threads: int
 
 
-ServeSettings = settings_class("ServeSettings", _ServerKeys, __name__,
-                               "Every key of `python -m higgslab.serve` (serve.yaml + generation/ + model/), typed.")  # fmt: skip
+ServeSettings = settings_class(
+    "ServeSettings",
+    _ServerKeys,
+    __name__,
+    "Every key of `python -m higgslab.serve` (serve.yaml + generation/ + model/), typed.",
+)
 
 
 def settings_from(cfg: DictConfig) -> ServeSettings:

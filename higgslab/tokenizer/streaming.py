@@ -12,9 +12,9 @@ Each `push` re-runs the decoder on [context frames already emitted] + [pending f
 frames that now have `lookahead` frames of future behind them; `flush` returns the rest (the true end of the
 sequence, where the one-shot decode also sees zero padding); `push(codes, last=True)` does both in one
 decode. Because every returned frame saw its whole receptive field, the chunks concatenate to the one-shot
-output up to float rounding (measured ≤ 1e-6 on the tiny models). A smaller `lookahead` lowers latency at the cost of an approximation near each chunk's end.
-(Perturbing one latent frame of the tiny model changes exactly the 10 output frames on either side, inside
-the bound.) Cost: pushing 1 frame decodes about 2·12+1 frames; push larger chunks when latency allows.
+output up to float rounding (measured ≤ 1e-6 on the tiny models). A smaller `lookahead` lowers latency at
+the cost of an approximation near each chunk's end. (Perturbing one latent frame of the tiny model changes
+exactly the 10 output frames on either side, inside the bound.) Cost: pushing 1 frame decodes about 2·12+1 frames; push larger chunks when latency allows.
 """
 
 from __future__ import annotations
