@@ -47,12 +47,17 @@ def filter_logits(
     """Temperature, then top-k, then top-p on `[..., V]` logits; removed tokens become -inf.
 
     top-k keeps every token scoring at least the k-th best (ties kept, as transformers); top-p keeps the
-    smallest set of most likely tokens whose probability sums to >= top_p, never fewer than one.
+    smallest set of most likely tokens whose probability sums to >= top_p, never fewer than one. Where
+    tokens tie with the last one top-p keeps, all of them stay (transformers keeps whichever its unstable
+    sort puts last); otherwise the two agree (tests/generate/test_sampling.py).
     """
     scores = logits / temperature
     if 0 < top_k < scores.shape[-1]:
-        kth = scores.topk(top_k, dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
+        top = scores.topk(top_k, dim=-1).values  # [..., k], most likely first
+        floor = top[..., -1:]
+        if top_p < 1.0:  # the nucleus lies inside the top k: found there, not by sorting all V
+            floor = _nucleus_floor(scores, top, top_p)
+        return scores.masked_fill(scores < floor, float("-inf"))
     if top_p < 1.0:
         ascending, order = scores.sort(dim=-1)
         cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
@@ -60,6 +65,19 @@ def filter_logits(
         drop[..., -1] = False  # the most likely token always stays
         scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return scores
+
+
+def _nucleus_floor(scores: torch.Tensor, top: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The lowest score top-p keeps `[..., 1]`, given the top-k scores `top` `[..., k]` (descending) of
+    `scores` `[..., V]`. As transformers: over the tokens top-k kept, least likely first, a token goes
+    while the cumulative probability up to it is <= 1 - top_p; the most likely always stays."""
+    kth = top[..., -1:]
+    tied = (scores >= kth).sum(-1, keepdim=True) - top.shape[-1]  # tied with the k-th, kept, not in `top`
+    weight = (top - top[..., :1]).exp()
+    probs = weight / (weight.sum(-1, keepdim=True) + tied * weight[..., -1:])
+    cumulative = probs.flip(-1).cumsum(-1) + tied * probs[..., -1:]  # least likely first
+    kept = (cumulative > 1 - top_p).sum(-1, keepdim=True).clamp(min=1)
+    return top.gather(-1, kept - 1)
 
 
 def draws(temperature: float, ras: bool) -> int:

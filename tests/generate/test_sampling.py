@@ -73,18 +73,41 @@ def test_top_k_and_top_p_draw_only_from_the_kept_set():
     assert (frequencies(tokens, 3) - probs[:3] / probs[:3].sum()).abs().max() < 0.03
 
 
-@pytest.mark.parametrize("top_k,top_p", [(1, 1.0), (50, 1.0), (0, 0.95), (0, 0.3), (50, 0.95), (3, 0.01)])
-def test_masks_match_transformers_warpers(top_k, top_p):
-    logits = torch.randn(6, 8, V) * 3
-    logits[0, 0, :4] = 5.0  # ties at the top-k boundary are kept by both
-    ours = sampling.filter_logits(logits, 0.8, top_k, top_p).isinf()
-    scores = logits.view(-1, V) / 0.8
+def transformers_kept(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """The tokens transformers' warpers keep, `[..., V]` bool."""
+    scores = logits.reshape(-1, V) / temperature
     if top_k:
         scores = TopKLogitsWarper(top_k)(None, scores)
     if top_p < 1:
         scores = TopPLogitsWarper(top_p)(None, scores)
-    assert torch.equal(ours, scores.isinf().view(6, 8, V))
-    assert (~ours).sum(-1).min() >= 1
+    return ~scores.isinf().view(logits.shape)
+
+
+@pytest.mark.parametrize(
+    "top_k,top_p", [(1, 1.0), (50, 1.0), (0, 0.95), (0, 0.3), (50, 0.95), (3, 0.01), (200, 0.99), (5, 1e-9)]
+)
+def test_masks_match_transformers_warpers(top_k, top_p):
+    # top-p inside the top k is found among those k, not by a sort of all V: the same tokens, to the last
+    # bit of the cumulative sums (200 / 0.99: many tokens near the boundary)
+    torch.manual_seed(top_k)
+    logits = torch.randn(40, 8, V) * 3
+    logits[0, 0, :4] = 5.0  # ties at the top-k boundary are kept by both
+    ours = ~sampling.filter_logits(logits, 0.8, top_k, top_p).isinf()
+    assert torch.equal(ours, transformers_kept(logits, 0.8, top_k, top_p))
+    assert ours.sum(-1).min() >= 1
+
+
+def test_top_p_keeps_every_token_tied_with_the_last_it_keeps():
+    # bf16 logits tie often; transformers keeps whichever tied tokens its unstable sort puts last
+    torch.manual_seed(0)
+    logits = (torch.randn(64, 8, V) * 3).bfloat16().float()
+    ours = ~sampling.filter_logits(logits, 0.3, 50, 0.95).isinf()
+    theirs = transformers_kept(logits, 0.3, 50, 0.95)
+    assert not (theirs & ~ours).any()  # never fewer tokens
+    extra = ours & ~theirs
+    assert extra.any()  # the inputs do tie at the boundary
+    floor = logits.masked_fill(~theirs, float("inf")).amin(-1, keepdim=True)  # the least token they keep
+    assert (logits[extra] == floor.expand_as(logits)[extra]).all()  # the extra ones tie with it
 
 
 def test_ras_redraws_from_the_raw_distribution_when_the_code_repeats():
