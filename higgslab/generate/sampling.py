@@ -1,11 +1,12 @@
 """Per-codebook sampling of one audio column from logits `[B, n_q, V]` (V = 1026: codes + stream bos/eos).
 
 Greedy at temperature 0; otherwise temperature → top-k → top-p (transformers' order and semantics), then a
-draw by the exponential race: argmax(p / e) with e ~ Exp(1) picks token i with probability p_i, like
-`torch.multinomial`, but with static shapes and no host sync, from a seeded `torch.Generator` on the
-logits' device. So a decode step can be captured in a CUDA/NPU graph and the same seed gives the same codes.
-torch.compile cannot trace a `torch.Generator`, so a compiled step takes its noise drawn beforehand
-(`exponential_noise`, the same draws in the same order): the step stays one graph.
+draw that inverts the cumulative distribution at one uniform number per codebook, as `torch.multinomial`
+does, but with static shapes and no host sync, from a seeded `torch.Generator` on the logits' device. So a
+decode step can be captured in a CUDA/NPU graph and the same seed gives the same codes; one number per
+draw (not one per token, as an exponential race takes) keeps the draws cheap beside a batch of rows.
+torch.compile cannot trace a `torch.Generator`, so a compiled step takes its numbers drawn beforehand
+(`uniform_noise`, the same draws in the same order): the step stays one graph.
 
 Repetition-aware sampling (RAS), as the original `_sample_audio_tokens` does it: after the draw, a codebook
 whose drawn token already appears >= `ras_max_repeat` times among its last `window` emitted tokens is
@@ -81,34 +82,32 @@ def _nucleus_floor(scores: torch.Tensor, top: torch.Tensor, top_p: float) -> tor
 
 
 def draws(temperature: float, ras: bool) -> int:
-    """How many noise tensors `sample` uses: the main draw (not at temperature 0), then the RAS redraw."""
+    """How many tensors of draws `sample` uses: the main draw (not at temperature 0), then the RAS redraw."""
     return int(temperature > 0) + int(ras)
 
 
-def exp1(
-    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str
-) -> torch.Tensor:
-    """float32 Exp(1) noise of `shape` from `generator`: -log(1 - U), U uniform on [0, 1) (on the CPU
-    `uniform_` and a log cost much less than `exponential_`: bench/RESULTS.md)."""
-    u = torch.empty(shape, dtype=torch.float32, device=device).uniform_(generator=generator)
-    return u.neg_().log1p_().neg_()
-
-
-def exponential_noise(
+def uniform_noise(
     shape: tuple[int, ...], n: int, generator: torch.Generator | None, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, ...]:
-    """`n` float32 tensors of Exp(1) noise, drawn from `generator` exactly as `sample` would draw them."""
-    return tuple(exp1(shape, generator, device) for _ in range(n))
+    """`n` float32 tensors of U[0, 1) numbers of `shape` (`[B, n_q]`), drawn from `generator` exactly as
+    `sample` would draw them."""
+    return tuple(
+        torch.empty(shape, dtype=torch.float32, device=device).uniform_(generator=generator) for _ in range(n)
+    )
 
 
-def race(
-    probs: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Draw one index per row of `[..., V]` probabilities: argmax(p / Exp(1) noise) → `[...]`. The noise
-    is drawn from `generator` unless given (same shape as `probs`)."""
-    if noise is None:
-        noise = exp1(tuple(probs.shape), generator, probs.device)
-    return (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
+def invert(probs: torch.Tensor, generator: torch.Generator | None = None, u: torch.Tensor | None = None
+           ) -> torch.Tensor:  # fmt: skip
+    """One index per row of `[..., V]` probabilities → `[...]`: the first whose cumulative probability
+    exceeds u · total, u ~ U[0, 1) `[...]` (drawn from `generator` unless given). A token of probability 0
+    is never drawn: the cumulative sum does not rise there."""
+    if u is None:
+        (u,) = uniform_noise(tuple(probs.shape[:-1]), 1, generator, probs.device)
+    cumulative = probs.cumsum(dim=-1)
+    total = cumulative[..., -1:]
+    # below the total, where some token is always found, whatever rounding a compiled step does
+    at = torch.minimum(u[..., None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return (cumulative <= at).sum(dim=-1)
 
 
 def sample(
@@ -128,7 +127,7 @@ def sample(
     ras_window: if given, only the last `ras_window` columns of `history` count (0 → off).
     Draws: the main draw (skipped at temperature 0), then, with RAS on, one redraw for every codebook
     (used only where it triggers), so the random stream advances the same way every step. `noise`: those
-    draws made beforehand (`exponential_noise`, `[B, n_q, V]` each) instead of from `generator`.
+    draws made beforehand (`uniform_noise`, `[B, n_q]` each) instead of from `generator`.
     """
     check_settings(temperature, top_k, top_p, ras_max_repeat)
     logits = logits.float()
@@ -140,11 +139,11 @@ def sample(
         tokens = logits.argmax(dim=-1)
     else:
         probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
-        tokens = race(probs, generator, next(given))
+        tokens = invert(probs, generator, next(given))
     if not ras:
         return tokens
     repeats = (history == tokens[:, None, :]).sum(dim=1)
-    redrawn = race(logits.softmax(dim=-1), generator, next(given))
+    redrawn = invert(logits.softmax(dim=-1), generator, next(given))
     return torch.where(repeats >= ras_max_repeat, redrawn, tokens)
 
 

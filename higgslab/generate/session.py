@@ -23,7 +23,7 @@ Two ways in:
   or when they are half of the written slots, the slots before the oldest running prompt are dropped
   (`_tidy`). Steps run eagerly over the rows up to the last in use (`compact` moves the last requests down
   into rows freed under them), each group of rows with equal settings sampled together, each row drawing
-  its noise from its own seed's generator.
+  its random numbers from its own seed's generator.
 A row is sampled as it would be alone: the same draws from its seed, the same sampling ops on its own
 logits. Only the logits' last bits can differ, where attention runs over a window widened by other rows'
 slots (masked) and matrix products take several rows (see `batching.py`).
@@ -32,10 +32,7 @@ slots (masked) and matrix products take several rows (see `batching.py`).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -342,11 +339,8 @@ class DecodeSession:
         B = self.column.shape[0]
         settings, n_q = self._uniform, self.config.num_codebooks
         ras = settings.ras_window > 0 and settings.temperature > 0
-        noise = sampling.exponential_noise(
-            (B, n_q, self.config.codebook_entries),
-            sampling.draws(settings.temperature, ras),
-            self.rows[0].rng,
-            self.model.device,
+        noise = sampling.uniform_noise(
+            (B, n_q), sampling.draws(settings.temperature, ras), self.rows[0].rng, self.model.device
         )
         history = self.history if ras else None
         column, history, state = self._step(self.column, history, self.state, cache, noise)
@@ -388,13 +382,11 @@ class DecodeSession:
         for i, r in enumerate(self.rows):
             if isinstance(r, _Row):
                 groups.setdefault(dataclasses.astuple(r.request.settings), []).append(i)
-        # every row draws its own noise (its seed's stream, as alone): in a thread of its own, beside the
-        # forward, since the draws do not depend on the logits and cost about a third of a batched step
-        noises = _noise_thread().submit(self._draws, list(groups.values()))
+        noises = self._draws(list(groups.values()))  # every row from its own seed's stream, as alone
         logits = self.model.decode_audio_step(self.column[:n], self._view(range(n)))
         self.used += 1
         sampled = torch.full((n, c.num_codebooks), c.stream_eos_id, dtype=torch.long, device=logits.device)
-        for rows, noise in zip(groups.values(), noises.result(), strict=True):
+        for rows, noise in zip(groups.values(), noises, strict=True):
             s = self.rows[rows[0]].request.settings
             index = torch.tensor(rows, device=logits.device)
             lg = logits[index]
@@ -429,13 +421,13 @@ class DecodeSession:
         return column
 
     def _draws(self, groups: list[list[int]]) -> list[tuple[torch.Tensor, ...]]:
-        """Each group's step noise: every row's draws from its own generator, stacked `[rows, n_q, V]`."""
+        """Each group's step draws: every row's from its own generator, stacked `[rows, n_q]`."""
         c, out = self.config, []
         for rows in groups:
             s = self.rows[rows[0]].request.settings
             k = sampling.draws(s.temperature, ras=s.ras_window > 0 and s.temperature > 0)
-            shape, dev = (1, c.num_codebooks, c.codebook_entries), self.model.device
-            draws = [sampling.exponential_noise(shape, k, self.rows[i].rng, dev) for i in rows]
+            shape, dev = (1, c.num_codebooks), self.model.device
+            draws = [sampling.uniform_noise(shape, k, self.rows[i].rng, dev) for i in rows]
             out.append(tuple(torch.cat(d) for d in zip(*draws, strict=True)) if k else ())
         return out
 
@@ -548,16 +540,6 @@ def check_context(prompt: int, max_new_tokens: int, context: int) -> None:
         )
 
 
-def _noise_thread() -> ThreadPoolExecutor:
-    """This process's noise-drawing thread (a forked child, a rank, has none of its parent's threads)."""
-    return _noise_thread_of(os.getpid())
-
-
-@functools.cache
-def _noise_thread_of(pid: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(1, thread_name_prefix="higgslab-noise")
-
-
 def _pad(prompts, prompt_codes, c, dev):
     """Left-pad prompts to `[B, T]` with a mask; stack their audio codes to `[B, n_q, F]`."""
     prompts = [torch.as_tensor(p, dtype=torch.long) for p in prompts]
@@ -583,8 +565,8 @@ def step_function(model, settings: SamplingSettings, compile: bool | str, cache:
     work, fixed shapes.
 
     `history` `[B, W, n_q]` holds the last W emitted columns for repetition-aware sampling (slots not yet
-    filled hold -1, which matches no code); it is None when RAS is off. `noise`: the step's Exp(1) draws
-    (`sampling.exponential_noise`). Compiled (`compile`: True or a torch.compile mode) once per sampling
+    filled hold -1, which matches no code); it is None when RAS is off. `noise`: the step's uniform draws
+    (`sampling.uniform_noise`). Compiled (`compile`: True or a torch.compile mode) once per sampling
     setting and kept in `cache`."""
     scale = settings.cfg_scale
     key = (settings.temperature, settings.top_k, settings.top_p, settings.ras_max_repeat, scale, compile)

@@ -1,4 +1,4 @@
-"""Sampling: greedy, seeded exponential race, top-k/top-p as transformers, RAS as the original."""
+"""Sampling: greedy, seeded draws by the inverted cumulative distribution, top-k/top-p as transformers, RAS as the original."""
 
 import pytest
 import torch
@@ -41,17 +41,26 @@ def test_same_seed_same_codes_other_seed_other_codes():
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_noise_drawn_beforehand_gives_the_same_codes(temperature):
-    """A compiled step gets its draws as `exponential_noise`: the same numbers, in the order `sample` uses."""
+    """A compiled step gets its draws as `uniform_noise`: the same numbers, in the order `sample` uses."""
     logits, history = torch.randn(2, 8, V), torch.randint(0, 4, (2, 7, 8))
     history[..., 0] = logits[:, 0].argmax(-1)[:, None]  # codebook 0 repeats under greedy: RAS redraws it
     kw = dict(temperature=temperature, top_k=50, top_p=0.9, history=history)
     n = sampling.draws(temperature, ras=True)
     assert n == (2 if temperature else 1)
-    noise = sampling.exponential_noise(tuple(logits.shape), n, sampling.seeded_generator(3))
+    noise = sampling.uniform_noise(tuple(logits.shape[:2]), n, sampling.seeded_generator(3))
     drawn = sampling.sample(logits, generator=sampling.seeded_generator(3), **kw)
     assert torch.equal(sampling.sample(logits, noise=noise, **kw), drawn)
-    other = sampling.exponential_noise(tuple(logits.shape), n, sampling.seeded_generator(4))
+    other = sampling.uniform_noise(tuple(logits.shape[:2]), n, sampling.seeded_generator(4))
     assert not torch.equal(sampling.sample(logits, noise=other, **kw), drawn)
+
+
+def test_inversion_never_draws_a_token_of_probability_zero():
+    probs = torch.tensor([0.0, 0.25, 0.0, 0.0, 0.75, 0.0])
+    u = torch.tensor([0.0, 0.2499, 0.25, 1 - 2**-24])  # the ends of U[0, 1), and either side of a step
+    tokens = sampling.invert(probs.expand(4, -1), u=u)
+    assert tokens.tolist() == [1, 1, 4, 4]
+    weights = torch.tensor([0.0, 3.0, 0.0])  # unnormalised; u = 1, past U[0, 1), still finds the token
+    assert sampling.invert(weights[None], u=torch.tensor([1.0])).tolist() == [1]
 
 
 def test_draws_follow_the_tempered_distribution():

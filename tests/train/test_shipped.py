@@ -14,12 +14,12 @@ import pytest
 from higgslab.embedded import ASSETS, resolve_paths
 from higgslab.errors import HiggsLabError
 from higgslab.train.data import SAMPLE_RATE
-from higgslab.train.listen import held_out_clips, pearson
+from higgslab.train.listen import held_out_clips
 
 from .conftest import compose, espeak_or_skip
 
 MEL_AT_8 = 0.60  # log-mel distance with all 8 codebooks (measured 0.558 on these 8 clips, 0.518 on 100)
-DURATION_R = 0.8  # Pearson r, generated vs espeak-ng duration, 40 sentences, seed 0 (measured 0.858)
+DURATION_RHO = 0.8  # Spearman's rank r, generated vs espeak-ng duration, 40 sentences (0.82-0.94, seeds 0-5)
 TEXT_GAIN = 1.0  # nats: codebook 0's loss, another clip's sentence minus the clip's own (measured 1.67)
 IDENTIFIED = 0.3  # Whisper picks the sentence out of 20 held-out ones, seed 0 (chance 0.05; measured 0.45)
 
@@ -65,8 +65,10 @@ def test_tokenizer_improves_with_codebooks_and_clears_its_thresholds(held_out):
 
 
 def test_lm_duration_tracks_the_text(held_out):
-    """On the 40 sentences bench/RESULTS.md reports (12 s here): on 8, one runaway decides r alone (0.63
-    with a 6.3 s take of a 2.8 s sentence, against 0.86 on all 40)."""
+    """On the 40 sentences bench/RESULTS.md reports (12 s here), ranked: one runaway take moves Pearson's r
+    by itself (0.69-0.94 over seeds 0-5, where Spearman's gives 0.82-0.94)."""
+    from scipy.stats import spearmanr
+
     from higgslab.generate.generator import Generator
 
     gen = Generator.from_paths(ASSETS / "model", ASSETS / "tokenizer", device="cpu")
@@ -75,7 +77,7 @@ def test_lm_duration_tracks_the_text(held_out):
     outs = [gen.generate(text=c.text, seed=0, max_new_tokens=500) for c, _ in held_out]
     assert all(o.finished for o in outs)
     espeak = [len(audio) / SAMPLE_RATE for _, audio in held_out]
-    assert pearson(espeak, [o.duration_s for o in outs]) > DURATION_R
+    assert spearmanr(espeak, [o.duration_s for o in outs]).statistic > DURATION_RHO
     ratio = np.mean([o.duration_s / e for o, e in zip(outs, espeak, strict=True)])
     assert 0.7 < ratio < 1.4
 
