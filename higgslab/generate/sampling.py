@@ -72,8 +72,8 @@ def _nucleus_floor(scores: torch.Tensor, top: torch.Tensor, top_p: float) -> tor
     """The lowest score top-p keeps `[..., 1]`, given the top-k scores `top` `[..., k]` (descending) of
     `scores` `[..., V]`. As transformers: over the tokens top-k kept, least likely first, a token goes
     while the cumulative probability up to it is <= 1 - top_p; the most likely always stays."""
-    kth = top[..., -1:]
-    tied = (scores >= kth).sum(-1, keepdim=True) - top.shape[-1]  # tied with the k-th, kept, not in `top`
+    kth, k = top[..., -1:], top.shape[-1]
+    tied = (scores >= kth).sum(-1, keepdim=True, dtype=torch.int32) - k  # tied with the k-th, not in `top`
     weight = (top - top[..., :1]).exp()
     probs = weight / (weight.sum(-1, keepdim=True) + tied * weight[..., -1:])
     cumulative = probs.flip(-1).cumsum(-1) + tied * probs[..., -1:]  # least likely first
@@ -107,7 +107,7 @@ def invert(probs: torch.Tensor, generator: torch.Generator | None = None, u: tor
     total = cumulative[..., -1:]
     # below the total, where some token is always found, whatever rounding a compiled step does
     at = torch.minimum(u[..., None] * total, torch.nextafter(total, torch.zeros_like(total)))
-    return (cumulative <= at).sum(dim=-1)
+    return torch.searchsorted(cumulative, at, right=True)[..., 0]  # how many stay <= at: a binary search
 
 
 def sample(

@@ -17,11 +17,16 @@ from higgslab.serve.audio import pcm16
 CLIENTS, GONE = 16, (3, 11)
 N = 60  # max_new_tokens of a client that stays
 TEXTS = ["Good morning.", "The cat sat on the mat.", "It is raining today.", "See you soon."]
+# the mini may end a long sentence early (a short take), but takes 0.5 s or more to say this one
+GOING_ON = (
+    "This sentence keeps going for a while, and then it goes on and on, so that the client can leave in "
+    "the middle of it."
+)
 
 
 def body(i: int) -> dict:
     if i in GONE:  # long enough to be still decoding when its client leaves
-        text, n = "This sentence keeps going for a while so that the client can leave in the middle.", 400
+        text, n = GOING_ON, 400
     else:
         text, n = TEXTS[i % len(TEXTS)], N
     # 8 distinct requests, each twice: clients i and i + 8 ask the same in rows of their own
@@ -91,7 +96,7 @@ def test_whole_file_client_leaves(server):
     batcher = server.batcher
     before = batcher.stats.cancelled
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.url}/v1/audio/speech", json={**body(GONE[0]), "stream": False}, timeout=0.5)
+        httpx.post(f"{server.url}/v1/audio/speech", json={**body(GONE[0]), "stream": False}, timeout=0.2)
     deadline = time.monotonic() + 30
     while batcher.stats.cancelled == before or batcher.busy_rows:
         assert time.monotonic() < deadline
