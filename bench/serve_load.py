@@ -1,6 +1,6 @@
 """The speech server under load: continuous batching against serving requests one by one, one run.
 
-    python bench/serve_load.py [--clients 1 4 16] [--requests 16] [--max-new-tokens 200] [--rows 32]
+    python bench/serve_load.py [--clients 1 4 16] [--requests 48] [--max-new-tokens 200] [--rows 32]
                                [--repeats 3]
 
 First the same `--requests` requests (distinct texts and seeds) without a server: `Generator.generate` one by
@@ -8,9 +8,11 @@ one (decode steps and audio decoding timed apart; the audio is each request's "a
 decode steps all at once through a `ContinuousBatcher`. Then `python -m higgslab.serve` on 127.0.0.1 around
 the embedded mini, twice, side by side, each in a process of its own: with `--rows` decode rows (continuous
 batching; a request with the mini's guidance takes two) and with two rows (one request at a time). Each
-phase sends the requests from N client threads (httpx): streamed WAV to the batching server for the smaller
-N of `--clients`, then for the largest N, `--repeats` times, streamed and whole files to each server in
-turn. Each phase prints throughput (seconds of audio per wall second) and p50/p95 time to the first audio
+phase sends the requests from N client threads (httpx), each sending its next request when its last has
+answered: 48 requests keep 16 clients busy for three rounds, so requests keep joining rows that others
+free, as under sustained load (`--requests 16` is one burst: the last requests decode with rows empty
+around them). Streamed WAV goes to the batching server for the smaller N of `--clients`, then for the
+largest N, `--repeats` times, streamed and whole files to each server in turn. Each phase prints throughput (seconds of audio per wall second) and p50/p95 time to the first audio
 bytes (after a streamed WAV's header; a whole file: to the response); the speed-up of batching over one by
 one is the median and the least of the pairs' ratios. Every response must be a complete WAV equal to the
 request served alone (16-bit samples; a stream to one step: it is decoded chunk by chunk); a mismatch is
@@ -157,7 +159,7 @@ def server_process(overrides: list[str]) -> Iterator[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--requests", type=int, default=48, help="in every phase, from N clients")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--rows", type=int, default=32, help="of the batching server (guidance: 2 per request)")
     p.add_argument("--chunk-frames", type=int, default=10)
