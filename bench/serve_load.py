@@ -12,9 +12,10 @@ phase sends the requests from N client threads (httpx), each sending its next re
 answered: 48 requests keep 16 clients busy for three rounds, so requests keep joining rows that others
 free, as under sustained load (`--requests 16` is one burst: the last requests decode with rows empty
 around them). Streamed WAV goes to the batching server for the smaller N of `--clients`, then for the
-largest N, `--repeats` times, streamed and whole files to each server in turn. Each phase prints throughput (seconds of audio per wall second) and p50/p95 time to the first audio
-bytes (after a streamed WAV's header; a whole file: to the response); the speed-up of batching over one by
-one is the median and the least of the pairs' ratios. Every response must be a complete WAV equal to the
+largest N, `--repeats` times, streamed and whole files to each server in turn. Each phase prints
+throughput (seconds of audio per wall second) and p50/p95 time to the first audio bytes (after a streamed
+WAV's header; a whole file: to the response); the speed-up of batching over one by one is the median and
+the least of the pairs' ratios. Every response must be a complete WAV equal to the
 request served alone (16-bit samples; a stream to one step: it is decoded chunk by chunk); a mismatch is
 printed, with the time where it parts from its alone run, and the exit code is 1. Batched logits can differ
 from alone ones in their last bits (`higgslab.generate.batching`), so a draw from a near tie can fall the
