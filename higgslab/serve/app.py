@@ -232,8 +232,8 @@ class SpeechService:
     async def stream(self, job, frames, fmt: str, sse: bool, deadline: float, arrived: float, outcome: list
                      ) -> AsyncIterator[bytes]:  # fmt: skip
         """Audio bytes as frames decode: a WAV header first (wav), then 16-bit PCM after `chunk_frames`
-        frames, then in chunks twice as long each time up to `max_chunk_frames` (each decode re-runs the
-        decoder's context: longer chunks once the client has audio cost less); with `sse`, each piece as a
+        frames, then in chunks twice as long each time up to `max_chunk_frames` (each decode pays a fixed cost
+        per decoder layer: longer chunks once the client has audio cost less); with `sse`, each piece as a
         `speech.audio.delta` event, then `speech.audio.done`. Appends the request's outcome to `outcome`
         when it ends (`JobStream` counts it)."""
         decoder = self.gen.audio_tokenizer.streaming_decoder()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from higgslab.errors import HiggsLabError
 from higgslab.tokenizer.streaming import decoder_radius
 
 
@@ -78,34 +79,44 @@ def test_radius_bounds_the_decoder_dependence(tok):
     assert changed.max() - changed.min() >= 10  # the bound is not vacuous
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 25])
-def test_streaming_matches_one_shot(tok, chunk):
-    codes = torch.randint(0, 1024, (8, 40), generator=torch.Generator().manual_seed(chunk))
+def pushed(stream, codes: torch.Tensor, sizes: list[int]) -> list[np.ndarray]:
+    """What `stream` returns for `codes` pushed in pieces of `sizes` (the rest last), then a flush."""
+    bounds = np.cumsum([0, *sizes, codes.shape[1] - sum(sizes)])
+    parts = [stream.push(codes[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    return parts + [stream.flush()]
+
+
+@pytest.mark.parametrize("sizes", [[1] * 39, [4] * 9, [25], [3, 7, 1, 13, 2]])
+def test_streaming_matches_one_shot(tok, sizes):
+    codes = torch.randint(0, 1024, (8, 40), generator=torch.Generator().manual_seed(len(sizes)))
     full = tok.decode(codes)
-    stream = tok.streaming_decoder()
-    parts = [stream.push(codes[:, i : i + chunk]) for i in range(0, 40, chunk)]
-    parts.append(stream.flush())
+    parts = pushed(tok.streaming_decoder(), codes, sizes)
     out = np.concatenate(parts)
     assert out.shape == full.shape
-    assert np.abs(out - full).max() < 1e-3 * max(1.0, np.abs(full).max())
+    assert np.abs(out - full).max() < 1e-5 * max(1.0, np.abs(full).max())
     assert sum(len(p) for p in parts[:-1]) > 0, "chunks must be emitted before the flush"
 
 
-def test_streaming_last_push_is_push_and_flush_in_one_decode(tok):
+def test_streaming_returns_samples_as_soon_as_the_radius_allows(tok):
+    """After n frames, every sample of the frames that lie a receptive-field radius before the end is out."""
+    radius, hop = decoder_radius(tok.model.acoustic_decoder), tok.hop_length
+    codes = torch.randint(0, 1024, (8, 30), generator=torch.Generator().manual_seed(5))
+    stream, out = tok.streaming_decoder(), 0
+    for n in range(1, 31):
+        out += len(stream.push(codes[:, n - 1 : n]))
+        assert out >= (n - radius) * hop
+        assert out < n * hop, "a sample came out before its whole receptive field had"
+
+
+def test_streaming_last_push_is_push_and_flush(tok):
     codes = torch.randint(0, 1024, (8, 40), generator=torch.Generator().manual_seed(3))
-    calls = []
-    hook = tok.model.acoustic_decoder.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        a, b = tok.streaming_decoder(), tok.streaming_decoder()
-        split = np.concatenate([a.push(codes[:, :25]), a.push(codes[:, 25:]), a.flush()])
-        n_split = len(calls)
-        joined = np.concatenate([b.push(codes[:, :25]), b.push(codes[:, 25:], last=True)])
-    finally:
-        hook.remove()
-    assert (n_split, len(calls) - n_split) == (3, 2)
-    assert joined.shape == split.shape
-    np.testing.assert_allclose(joined, tok.decode(codes), atol=1e-5)  # a window of its own: rounding apart
+    a, b = tok.streaming_decoder(), tok.streaming_decoder()
+    split = np.concatenate([a.push(codes[:, :25]), a.push(codes[:, 25:]), a.flush()])
+    joined = np.concatenate([b.push(codes[:, :25]), b.push(codes[:, 25:], last=True)])
+    np.testing.assert_allclose(joined, split, atol=1e-6)
     assert b.flush().size == 0
+    with pytest.raises(HiggsLabError, match="has ended"):
+        b.push(codes[:, :1])
 
 
 def test_streaming_with_k_and_reset(tok):
