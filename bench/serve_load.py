@@ -174,7 +174,7 @@ def main() -> int:
     from higgslab.generate.batching import ContinuousBatcher
     from higgslab.generate.generator import Generator
     from higgslab.serve.audio import pcm16
-    from higgslab.serve.settings import settings_from
+    from higgslab.serve.settings import settings_from, step_threads
 
     def settings(rows: int):
         """The server's settings, as `python -m higgslab.serve rows=.. max_new_tokens=.. chunk_frames=..`."""
@@ -186,10 +186,11 @@ def main() -> int:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             return settings_from(compose("serve", overrides=overrides))
 
+    # the runs here take the servers' thread count for decode steps: their codes are comparable to the bit
+    torch.set_num_threads(step_threads(settings(args.rows)))
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
-    print(
-        f"CPU: {cpu.split(':', 1)[-1].strip() or platform.processor()}; torch threads {torch.get_num_threads()}"
-    )
+    print(f"CPU: {cpu.split(':', 1)[-1].strip() or platform.processor()}; "
+          f"torch threads {torch.get_num_threads()} (the servers' decode steps')")  # fmt: skip
     gen = Generator.from_pretrained()
     print(f"model: {gen.label}")
     streamed, whole = (bodies(args.requests, args.max_new_tokens, stream) for stream in (True, False))

@@ -232,12 +232,15 @@ class ContinuousBatcher:
         while self.step() or self.queue:
             pass
 
-    def start(self) -> None:
-        """Step in a daemon thread whenever there is work, until `stop`."""
+    def start(self, threads: int | None = None) -> None:
+        """Step in a daemon thread whenever there is work, until `stop`; with `threads` intra-op threads
+        (None: torch's count when the thread starts)."""
         if self._thread is not None:
             return
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="higgslab-batcher", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, args=(threads,), name="higgslab-batcher", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -248,7 +251,9 @@ class ContinuousBatcher:
             self._thread.join()
             self._thread = None
 
-    def _loop(self) -> None:
+    def _loop(self, threads: int | None) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)  # this thread's own count (torch keeps one per thread)
         while True:
             with self._lock:
                 while not self._stop and not self.queue and not self.running:

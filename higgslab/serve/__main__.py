@@ -17,7 +17,7 @@ from higgslab.conf import command
 
 def run(cfg: DictConfig) -> None:
     from higgslab.generate.settings import load_settings
-    from higgslab.serve.settings import settings_from
+    from higgslab.serve.settings import settings_from, step_threads
 
     s = settings_from(cfg)
 
@@ -29,9 +29,11 @@ def run(cfg: DictConfig) -> None:
 
     gen = Generator.from_pretrained(s.model_path, s.tokenizer_path, device=s.device, **load_settings(s))
     print(f"model: {gen.label}")
-    print(f"device: {gen.model.device} ({gen.model.dtype}); {s.rows} rows, queue {s.max_queue}")
+    threads = step_threads(s)
+    print(f"device: {gen.model.device} ({gen.model.dtype}); {s.rows} rows, queue {s.max_queue}; "
+          f"threads: {threads} for the decode steps, {s.decode_threads} for audio")  # fmt: skip
     batcher = ContinuousBatcher(gen.model, rows=s.rows, max_tokens=s.max_tokens, max_queue=s.max_queue)
-    batcher.start()
+    batcher.start(threads)
     if s.api_key is None and s.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving {s.host} without an api_key: anyone who reaches it can use it")
     # the server's own log (a cut stream, an unfinished request) at uvicorn's level and in its style; Hydra's

@@ -57,8 +57,11 @@ class SpeechService:
         self.metrics = Metrics()
         self.rate = generator.audio_tokenizer.sample_rate
         self._voices: dict[str, list] = {}  # voice name → its encoded references
-        # codes → audio in threads of their own, few enough to leave the batcher's thread a core
-        self._audio = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="higgslab-audio")
+        # codes → audio in threads of their own, one intra-op thread each: the batcher's thread keeps the
+        # other cores (`settings.step_threads`)
+        self._audio = ThreadPoolExecutor(
+            settings.decode_threads, "higgslab-audio", initializer=torch.set_num_threads, initargs=(1,)
+        )
         self._voice_lock = asyncio.Lock()
         s = settings
         if s.model_name:

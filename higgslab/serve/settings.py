@@ -6,6 +6,7 @@ defaults, the dataclass only the types, and every bad value is one `HiggsLabErro
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from omegaconf import DictConfig
@@ -35,6 +36,7 @@ class _ServerKeys:
     chunk_frames: int
     max_chunk_frames: int
     decode_threads: int
+    step_threads: int | None
 
 
 ServeSettings = settings_class(
@@ -43,6 +45,15 @@ ServeSettings = settings_class(
     __name__,
     "Every key of `python -m higgslab.serve` (serve.yaml + generation/ + model/), typed.",
 )
+
+
+def step_threads(s: ServeSettings) -> int:
+    """Intra-op threads for the decode steps: `s.step_threads`, or the cores this process may run on that
+    the audio threads leave. Two threads' teams on two cores spin against each other: the split keeps the
+    steps and the audio from taking each other's cores (bench/RESULTS.md, *Fifth look*)."""
+    if s.step_threads is not None:
+        return s.step_threads
+    return max(1, len(os.sched_getaffinity(0)) - s.decode_threads)
 
 
 def settings_from(cfg: DictConfig) -> ServeSettings:
@@ -58,6 +69,10 @@ def settings_from(cfg: DictConfig) -> ServeSettings:
     for key, low in at_least.items():
         if getattr(s, key) < low:
             raise HiggsLabError(f"{key} must be >= {low}, got {getattr(s, key)}")
+    if s.step_threads is not None and s.step_threads < 1:
+        raise HiggsLabError(
+            f"step_threads must be >= 1 (null: the cores the audio threads leave), got {s.step_threads}"
+        )
     if s.max_chunk_frames < s.chunk_frames:
         raise HiggsLabError(
             f"max_chunk_frames must be >= chunk_frames ({s.chunk_frames}), got {s.max_chunk_frames}"

@@ -185,6 +185,17 @@ def test_batcher_runs_in_its_thread(mini, requests, alone):
     assert batcher.session.rows == []
 
 
+def test_batcher_steps_with_the_threads_it_is_given(mini, requests):
+    seen = set()
+    batcher = ContinuousBatcher(mini.model, rows=2, max_tokens=200)
+    batcher.start(threads=2)  # the caller's count is 1 (tests/conftest.py)
+    try:
+        batcher.submit(requests[0], on_frames=lambda f: seen.add(torch.get_num_threads())).wait(60)
+    finally:
+        batcher.stop()
+    assert seen == {2} and torch.get_num_threads() == 1
+
+
 def test_batcher_refuses_what_it_cannot_run(mini, requests):
     batcher = ContinuousBatcher(mini.model, rows=1, max_tokens=60, max_queue=1)
     with pytest.raises(HiggsLabError, match=r"exceeds the batcher's 60 tokens per request"):

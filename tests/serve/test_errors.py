@@ -117,6 +117,7 @@ def test_timeout(mini):
         ("max_new_tokens=4000", "max_new_tokens=4000 leaves no room for a prompt in max_tokens=2560"),
         ("voices_dir=/no/such/folder", "voices_dir /no/such/folder is not a folder"),
         ("log_level=loud", "log_level=loud: takes critical | error | warning | info | debug"),
+        ("step_threads=0", "step_threads must be >= 1 (null: the cores the audio threads leave), got 0"),
     ],
 )
 def test_bad_setting(override, says):
