@@ -38,6 +38,23 @@ def decoder_radius(decoder: nn.Module) -> float:
     return radius
 
 
+def bucket(n: int) -> int:
+    """`n` rounded up to a multiple of an eighth of the power of two at or above it (up to 8: `n`). A stream's
+    convolutions run at these lengths: oneDNN builds a kernel for each input shape it meets (milliseconds
+    each, and it keeps 1024), so pushes of every length kept building them. Padded, each convolution meets
+    a few dozen lengths, at most 25% longer than its own."""
+    if n <= 8:
+        return n
+    eighth = 1 << ((n - 1).bit_length() - 3)
+    return -(-n // eighth) * eighth
+
+
+def _padded(fn, z: torch.Tensor, n: int) -> torch.Tensor:
+    """`fn(z)`, `z` zero-padded on the right by `bucket(n) - n`: the outputs that see only `z`'s own samples
+    are the same (up to the order of the kernel's sums); the caller drops the others."""
+    return fn(F.pad(z, (0, bucket(n) - n)) if bucket(n) > n else z)
+
+
 class _Conv:
     """A stride-1 `nn.Conv1d` with symmetric zero padding, on `[1, C, n]` pieces of its input."""
 
@@ -52,7 +69,8 @@ class _Conv:
         self.held = z[..., max(n, 0) :]
         if n <= 0:
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
-        return F.conv1d(z, self.conv.weight, self.conv.bias, dilation=self.conv.dilation)
+        c = self.conv
+        return _padded(lambda z: F.conv1d(z, c.weight, c.bias, dilation=c.dilation), z, n)[..., :n]
 
 
 class _ConvTranspose:
@@ -75,7 +93,8 @@ class _ConvTranspose:
             end += self.s - self.conv.padding[0] + self.conv.output_padding[0]
         if z.shape[-1] == 0 or end <= self.next:
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
-        y = F.conv_transpose1d(z, self.conv.weight, self.conv.bias, stride=self.s)
+        c = self.conv
+        y = _padded(lambda z: F.conv_transpose1d(z, c.weight, c.bias, stride=self.s), z, z.shape[-1])
         out = y[..., self.next - first * self.s : end - first * self.s]
         self.prev, self.next = z[..., -1:], end
         return out
@@ -94,7 +113,7 @@ class _Residual:
         n = y.shape[-1]
         if n == 0:
             return y
-        out = self.skip[..., :n] + self.unit.conv2(self.unit.snake2(y))
+        out = self.skip[..., :n] + _padded(self.unit.conv2, self.unit.snake2(y), n)[..., :n]
         self.skip = self.skip[..., n:]
         return out
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from higgslab.errors import HiggsLabError
-from higgslab.tokenizer.streaming import decoder_radius
+from higgslab.tokenizer.streaming import bucket, decoder_radius
 
 
 def test_encode_decode_shapes_and_batch(tok, speech_like):
@@ -117,6 +117,36 @@ def test_streaming_last_push_is_push_and_flush(tok):
     assert b.flush().size == 0
     with pytest.raises(HiggsLabError, match="has ended"):
         b.push(codes[:, :1])
+
+
+def test_bucket_rounds_up_by_at_most_a_quarter_to_a_few_lengths_an_octave():
+    sizes = [bucket(n) for n in range(1, 4097)]
+    assert all(n <= b <= max(n, 1.25 * n) for n, b in enumerate(sizes, 1))
+    assert all(bucket(b) == b for b in sizes)
+    assert len(set(sizes)) <= 8 + 4 * 9  # 1..8, then four a power of two up to 4096
+
+
+def test_streaming_convolutions_run_at_bucketed_lengths(tok, monkeypatch):
+    """Pushes of any length run each convolution at `bucket` lengths only: a few shapes for oneDNN to build."""
+    lengths = []  # the output lengths each convolution computes
+    conv, conv_t = torch.nn.functional.conv1d, torch.nn.functional.conv_transpose1d
+
+    def seen_conv(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+        d = dilation if isinstance(dilation, int) else dilation[0]
+        lengths.append(x.shape[-1] + 2 * (padding if isinstance(padding, int) else padding[0])
+                       - d * (w.shape[-1] - 1))  # fmt: skip
+        return conv(x, w, b, stride, padding, dilation, groups)
+
+    def seen_conv_t(x, w, b=None, stride=1, *args):
+        lengths.append(x.shape[-1])  # its inputs: the outputs follow them at the stride
+        return conv_t(x, w, b, stride, *args)
+
+    monkeypatch.setattr(torch.nn.functional, "conv1d", seen_conv)
+    monkeypatch.setattr(torch.nn.functional, "conv_transpose1d", seen_conv_t)
+    codes = torch.randint(0, 1024, (8, 60), generator=torch.Generator().manual_seed(11))
+    pushed(tok.streaming_decoder(), codes, [3, 7, 1, 13, 2, 9, 5])
+    assert len(lengths) > 100
+    assert [n for n in lengths if bucket(n) != n] == []
 
 
 def test_streaming_with_k_and_reset(tok):
