@@ -19,9 +19,9 @@ Two ways in:
 - a continuous session (`capacity` rows of `length` slots) takes each `prefill`'s requests into free rows
   while others run: a request's prompt (and its text-free twin, in the row beside it) is prefilled as a
   run alone prefills it, into the slots just before the write cursor. The cursor is shared (a step writes
-  every row at one slot), so the other rows see masked empty slots there; when it reaches the cache's end,
-  or when they are half of the written slots, the slots before the oldest running prompt are dropped
-  (`_tidy`). Steps run eagerly over the rows up to the last in use (`compact` moves the last requests down
+  every row at one slot), so the other rows see masked empty slots there. Steps attend from the oldest
+  running prompt's first slot on; when the cursor reaches the cache's end, or when the slots before that
+  one are half of the written slots, those are dropped (`_tidy`). Steps run eagerly over the rows up to the last in use (`compact` moves the last requests down
   into rows freed under them), each group of rows with equal settings sampled together, each row drawing
   its random numbers from its own seed's generator.
 A row is sampled as it would be alone: the same draws from its seed, the same sampling ops on its own
@@ -270,8 +270,8 @@ class DecodeSession:
 
     def _tidy(self) -> None:
         """Drop the slots before the oldest running prompt (every row's keys move left by as many) when the
-        cache is full, or when they are half of those written: a step attends to every written slot, so
-        without this a server under steady load would attend to the whole cache."""
+        cache is full, or when they are half of those written. Steps skip them anyway (`_step_rows`); this
+        keeps the write cursor of a server under steady load from the cache's end, one copy now and then."""
         if not self.continuous:
             return
         oldest = min(self._first.values(), default=self.used)
@@ -383,7 +383,10 @@ class DecodeSession:
             if isinstance(r, _Row):
                 groups.setdefault(dataclasses.astuple(r.request.settings), []).append(i)
         noises = self._draws(list(groups.values()))  # every row from its own seed's stream, as alone
-        logits = self.model.decode_audio_step(self.column[:n], self._view(range(n)))
+        # from the oldest running prompt's first slot on: the slots before it are no running row's, and
+        # reading them is what a batched step's attention costs (its keys are read for every row)
+        start = min(self._first.values(), default=0)
+        logits = self.model.decode_audio_step(self.column[:n], self._view(range(n), start))
         self.used += 1
         sampled = torch.full((n, c.num_codebooks), c.stream_eos_id, dtype=torch.long, device=logits.device)
         for rows, noise in zip(groups.values(), noises, strict=True):

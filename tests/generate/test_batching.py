@@ -98,6 +98,26 @@ def test_slots_before_the_oldest_prompt_are_dropped_under_running_rows(mini, req
     assert torch.equal(codes[0], alone[5]) and torch.equal(codes[1], alone[2])
 
 
+def test_steps_attend_from_the_oldest_running_prompt(mini, requests, alone, monkeypatch):
+    """Between drops, the slots of requests that have left are skipped, not read: every step attends from
+    the first slot of the oldest running prompt to the write cursor."""
+    session = DecodeSession(mini.model, capacity=2, length=4 * (max(len(r.ids) for r in requests) + STEPS))
+    windows = []  # (slots a step attends to, the written slots from the oldest running prompt on, written)
+    step = mini.model.decode_audio_step
+
+    def spy(column, cache):
+        windows.append((cache.span, session.used - min(session._first.values()), session.used))
+        return step(column, cache)
+
+    monkeypatch.setattr(mini.model, "decode_audio_step", spy)
+    pair = [requests[5], requests[2]]  # a row each; the second joins early and outlives the first
+    assert alone[2].shape[1] > alone[5].shape[1] - 20
+    codes = run_session(session, pair, join_every=20)
+    assert all(span == wanted for span, wanted, _ in windows)
+    assert any(span < written for span, _, written in windows), "no step ran after a request left"
+    assert torch.equal(codes[0], alone[5]) and torch.equal(codes[1], alone[2])
+
+
 def test_prompts_prefilled_together_with_their_own_settings(mini, requests, alone):
     """A fresh session takes prompts with different settings and seeds together (left-padded): each row
     is sampled on its own, as alone."""
