@@ -41,10 +41,12 @@ class QueueFull(HiggsLabError):
 @dataclass
 class Job:
     """One request in a `ContinuousBatcher`: its frames go to `on_frames` as they complete, its result to
-    `result` (or its failure to `error`) when it leaves; `done` is set then."""
+    `result` (or its failure to `error`) when it leaves; `done` is set then, and `on_leave` called (both
+    callbacks run in the batcher's thread)."""
 
     request: Request
     on_frames: Callable[[torch.Tensor], object] | None = None
+    on_leave: Callable[[], object] | None = None
     result: GenerationResult | None = None
     error: str | None = None
     cancelled: bool = False
@@ -102,9 +104,14 @@ class ContinuousBatcher:
         self._stop = False
 
     # ---- requests in ----------------------------------------------------------------------------------------
-    def submit(self, request: Request, on_frames: Callable[[torch.Tensor], object] | None = None) -> Job:
-        """Queue `request`; raises `QueueFull` when `max_queue` requests wait already, `HiggsLabError` for
-        one that could never run here."""
+    def submit(
+        self,
+        request: Request,
+        on_frames: Callable[[torch.Tensor], object] | None = None,
+        on_leave: Callable[[], object] | None = None,
+    ) -> Job:
+        """Queue `request` (its `Job` calls `on_frames` and `on_leave`); raises `QueueFull` when `max_queue`
+        requests wait already, `HiggsLabError` for one that could never run here."""
         request.settings.check()
         need = len(request.ids) + request.max_new_tokens
         if request.guided:
@@ -118,7 +125,7 @@ class ContinuousBatcher:
             raise HiggsLabError(
                 "a request with guidance (cfg_scale != 1) needs two rows; this batcher has one"
             )
-        job = Job(request, on_frames)
+        job = Job(request, on_frames, on_leave)
         with self._lock:
             if len(self.queue) >= self.max_queue:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
@@ -226,6 +233,8 @@ class ContinuousBatcher:
         else:
             self.stats.finished += 1
         job.done.set()
+        if job.on_leave is not None:
+            job.on_leave()
 
     def run_until_idle(self) -> None:
         """Step until the queue is empty and no request is decoding (in this thread)."""

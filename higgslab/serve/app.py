@@ -2,8 +2,8 @@
 
 A request's life: its body is checked (`protocol.SpeechRequest`, then the limits here), `Generator.request`
 builds what `Generator.generate` would decode (voices encoded once and cached), and the batcher's thread
-decodes it beside the others, handing each frame batch to this request's asyncio queue
-(`loop.call_soon_threadsafe`). Audio is decoded here, in worker threads, so the batcher never waits on it:
+decodes it beside the others, handing a stream's frames to its `FrameInbox`, which wakes the request's
+coroutine once a chunk's worth waits (a whole file waits for the job to leave). Audio is decoded here, in worker threads, so the batcher never waits on it:
 a whole file from all codes at once (`Generator._decode`, the CLI's path), a stream chunk by chunk with a
 `StreamingDecoder`. Every job leaves the batcher: finished, or cancelled when its client goes, its time runs
 out or its stream is closed.
@@ -29,6 +29,7 @@ from higgslab.embedded import TINY_LABEL
 from higgslab.generate.batching import ContinuousBatcher, Job, QueueFull
 from higgslab.generate.prompt import check_user_text
 from higgslab.serve import audio
+from higgslab.serve.frames import FrameInbox
 from higgslab.serve.metrics import Metrics
 from higgslab.serve.protocol import FORMATS, APIError, SpeechRequest, install_error_handlers
 
@@ -142,50 +143,37 @@ class SpeechService:
         arrived = time.perf_counter()
         self.check(body)
         request = await self.build(body)
-        loop = asyncio.get_running_loop()
-        frames: asyncio.Queue[torch.Tensor] = asyncio.Queue()
-
-        def on_frames(f: torch.Tensor) -> None:  # in the batcher's thread
-            try:
-                loop.call_soon_threadsafe(frames.put_nowait, f)
-            except RuntimeError:  # the loop is closed: the server is shutting down
-                pass
-
-        try:
-            job = self.batcher.submit(request, on_frames=on_frames)
+        inbox = FrameInbox(asyncio.get_running_loop())
+        streamed = self.streamed(body)
+        try:  # a whole file needs the codes at the end only: its frames are not handed out on the way
+            job = self.batcher.submit(
+                request, on_frames=inbox.put if streamed else None, on_leave=inbox.close
+            )
         except QueueFull as e:
             raise APIError(429, str(e), "rate_limit_error", code="queue_full") from None
         headers = {"x-higgslab-seed": str(request.seed)}
         deadline = arrived + self.settings.timeout_s
-        if not self.streamed(body):
-            return await self.whole(job, frames, body.response_format, deadline, http, headers)
+        if not streamed:
+            return await self.whole(job, inbox, body.response_format, deadline, http, headers)
         sse = body.stream_format == "sse"
         outcome: list[str] = []  # the stream's end, said by `stream`; none: the client went first
-        chunks = self.stream(job, frames, body.response_format, sse, deadline, arrived, outcome)
+        chunks = self.stream(job, inbox, body.response_format, sse, deadline, arrived, outcome)
         media = "text/event-stream" if sse else audio.MEDIA_TYPES[body.response_format]
         return JobStream(chunks, self, job, outcome, media_type=media, headers=headers)
 
     # ---- frames out -------------------------------------------------------------------------------------
-    async def frames_of(self, job: Job, frames: asyncio.Queue, deadline: float, http: Request | None = None
-                        ) -> AsyncIterator[torch.Tensor]:  # fmt: skip
-        """The job's frames `[n_q, k]` as they complete, until it has left the batcher (all its frames
-        received); raises `Timeout` past `deadline`, `ClientGone` when `http`'s client has gone."""
-        received, look_at_client = 0, time.perf_counter() + POLL_S
-        while not (job.done.is_set() and (job.result is None or received >= job.result.codes.shape[1])):
-            try:
-                chunk = await asyncio.wait_for(frames.get(), POLL_S)
-            except TimeoutError:
-                chunk = None
-            now = time.perf_counter()
-            if now > deadline:
+    async def frames(self, inbox: FrameInbox, want: float, deadline: float, http: Request | None = None
+                     ) -> tuple[torch.Tensor | None, bool]:  # fmt: skip
+        """At least `want` of the job's frames `[n_q, k]`, or once it has left its last ones (or None), and
+        whether it has; raises `Timeout` past `deadline`, `ClientGone` when `http`'s client has gone."""
+        while True:
+            if time.perf_counter() > deadline:
                 raise Timeout
-            if http is not None and now >= look_at_client:
-                if await http.is_disconnected():
-                    raise ClientGone
-                look_at_client = now + POLL_S
-            if chunk is not None:
-                received += chunk.shape[1]
-                yield chunk
+            frames, ended = await inbox.get(want, POLL_S)
+            if frames is not None or ended:
+                return frames, ended
+            if http is not None and await http.is_disconnected():
+                raise ClientGone
 
     def leave(self, job: Job, outcome: str) -> None:
         """Cancel `job` if it still runs; count the request's outcome."""
@@ -200,11 +188,10 @@ class SpeechService:
             return APIError(500, "the request was cancelled", "server_error")
         return None
 
-    async def whole(self, job, frames, fmt: str, deadline: float, http: Request, headers) -> Response:
+    async def whole(self, job, inbox, fmt: str, deadline: float, http: Request, headers) -> Response:
         """Wait for all of the job's codes, decode them at once, answer the whole file."""
         try:
-            async for _ in self.frames_of(job, frames, deadline, http):
-                pass
+            await self.frames(inbox, float("inf"), deadline, http)  # returns when the job has left
         except Timeout:
             raise APIError(504, f"the request did not finish within timeout_s={self.settings.timeout_s}",
                            "timeout_error", code="timeout") from None  # fmt: skip
@@ -232,7 +219,7 @@ class SpeechService:
                     job.request.max_new_tokens)  # fmt: skip
         return "unfinished"
 
-    async def stream(self, job, frames, fmt: str, sse: bool, deadline: float, arrived: float, outcome: list
+    async def stream(self, job, inbox, fmt: str, sse: bool, deadline: float, arrived: float, outcome: list
                      ) -> AsyncIterator[bytes]:  # fmt: skip
         """Audio bytes as frames decode: a WAV header first (wav), then 16-bit PCM after `chunk_frames`
         frames, then in chunks twice as long each time up to `max_chunk_frames` (each decode pays a fixed cost
@@ -243,15 +230,14 @@ class SpeechService:
         pack = audio.sse_delta if sse else (lambda data: data)
         if fmt == "wav":
             yield pack(audio.streaming_wav_header(self.rate))
-        pending: list[torch.Tensor] = []
         first, size = True, self.settings.chunk_frames
         try:
-            async for chunk in self.frames_of(job, frames, deadline):
-                pending.append(chunk)
-                if sum(p.shape[1] for p in pending) < size:
-                    continue
-                wav = await self.decoding(decoder.push, torch.cat(pending, 1))
-                pending, size = [], min(2 * size, self.settings.max_chunk_frames)
+            while True:
+                rest, ended = await self.frames(inbox, size, deadline)
+                if ended:  # `rest`: the last frames (or None), decoded below with the decoder's tail
+                    break
+                wav = await self.decoding(decoder.push, rest)
+                size = min(2 * size, self.settings.max_chunk_frames)
                 if wav.size:
                     if first:
                         self.metrics.first_audio_s.append(time.perf_counter() - arrived)
@@ -271,7 +257,6 @@ class SpeechService:
                 return
             # a raw stream ends without its last chunk: the client sees it cut, not complete
             raise StreamFailed(error.message)
-        rest = torch.cat(pending, 1) if pending else None
 
         def finish() -> bytes:  # the last frames, and the ones the decoder held back for its lookahead
             return audio.pcm16(decoder.push(rest, last=True) if rest is not None else decoder.flush())

@@ -138,7 +138,15 @@ def test_batcher_streams_frames_and_frees_cancelled_rows(mini, requests, alone):
     next takes its rows; the frames handed out as they complete are the result's codes."""
     batcher = ContinuousBatcher(mini.model, rows=2, max_tokens=max(len(r.ids) for r in requests) + STEPS)
     frames: dict[int, list] = {i: [] for i in range(3)}
-    jobs = [batcher.submit(r, on_frames=frames[i].append) for i, r in enumerate(requests[:3])]
+    left = []  # (job index, its done flag) as `on_leave` sees them
+
+    def on_leave(i):
+        return lambda: left.append((i, jobs[i].done.is_set()))
+
+    jobs = [
+        batcher.submit(r, on_frames=frames[i].append, on_leave=on_leave(i))
+        for i, r in enumerate(requests[:3])
+    ]
     assert batcher.queued == 3
     for _ in range(5):
         batcher.step()
@@ -146,7 +154,9 @@ def test_batcher_streams_frames_and_frees_cancelled_rows(mini, requests, alone):
     batcher.cancel(jobs[0])
     batcher.step()
     assert jobs[0].done.is_set() and jobs[0].result is None and jobs[1].row == 0
+    assert left == [(0, True)]
     batcher.run_until_idle()
+    assert left == [(0, True), (1, True), (2, True)]  # each once, when it left, done already
     for i in (1, 2):
         assert torch.equal(jobs[i].wait(0).codes, alone[i])
         assert torch.equal(torch.cat(frames[i], 1), alone[i])
