@@ -94,7 +94,9 @@ class _ConvTranspose:
         if z.shape[-1] == 0 or end <= self.next:
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
         c = self.conv
-        y = _padded(lambda z: F.conv_transpose1d(z, c.weight, c.bias, stride=self.s), z, z.shape[-1])
+        # the new inputs' count in buckets (with the last input before them: one more)
+        m = z.shape[-1] - (self.prev is not None)
+        y = _padded(lambda z: F.conv_transpose1d(z, c.weight, c.bias, stride=self.s), z, m)
         out = y[..., self.next - first * self.s : end - first * self.s]
         self.prev, self.next = z[..., -1:], end
         return out
