@@ -171,9 +171,10 @@ def test_quantize_bench_runs_at_a_small_size(tmp_path):
 
 
 def test_stream_decode_bench_compares_its_schedules_with_one_shot():
-    cmd = [sys.executable, "bench/stream_decode.py", "--frames", "12", "--repeats", "1"]
+    cmd = [sys.executable, "bench/stream_decode.py", "--frames", "12", "--repeats", "1", "--streams", "3"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if "pushes" in line]
     assert [row.split("(")[1].split()[0] for row in rows] == ["2", "3", "12"]  # 10 + 2; 5, 5, 2; 1 × 12
     assert all(float(row.rsplit(" ", 1)[1]) < 1e-5 for row in rows)
+    assert "3 sequences of 3 lengths" in out.stdout.splitlines()[-1]
