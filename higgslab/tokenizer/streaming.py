@@ -12,7 +12,9 @@ next outputs still need (a convolution its last `dilation·(kernel-1)` inputs, a
 input, a residual unit the skip samples its branch has not caught up with) and returns every output whose
 inputs have all arrived; the zero padding of the one-shot decode enters at the true start and, at `flush`,
 at the true end. So the chunks concatenate to the one-shot output up to float rounding (the same products,
-summed in blocks of other lengths), whatever the chunk sizes, and no sample is decoded twice.
+summed in blocks of other lengths), whatever the chunk sizes, and no sample is decoded twice. Each
+convolution runs at `bucket` lengths (its input zero-padded on the right, the extra outputs dropped), so
+that pushes of any size meet a few shapes.
 """
 
 from __future__ import annotations
