@@ -2,17 +2,19 @@
 
 Hydra config `higgslab/conf/serve.yaml` (with the `model=` and `generation=` groups of the generate CLI);
 no model configured serves the embedded default. The settings are checked first (`settings.settings_from`:
-a bad one is one `error:` line, exit code 2, nothing loaded), then the model loads, the batcher's thread
-starts, and uvicorn serves `app.create_app` until Ctrl-C.
+a bad one is one `error:` line, exit code 2, nothing loaded), and the serve extra's presence; then the
+model loads, the batcher's thread starts, and uvicorn serves `app.create_app` until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 from omegaconf import DictConfig
 
 from higgslab.conf import command
+from higgslab.errors import HiggsLabError
 
 
 def run(cfg: DictConfig) -> None:
@@ -20,6 +22,9 @@ def run(cfg: DictConfig) -> None:
     from higgslab.serve.settings import settings_from, step_threads
 
     s = settings_from(cfg)
+    absent = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if absent:
+        raise HiggsLabError(f"the server needs {' and '.join(absent)}: pip install 'higgslab[serve]'")
 
     import uvicorn
 

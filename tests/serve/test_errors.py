@@ -132,3 +132,12 @@ def test_cli_bad_setting():
     run = subprocess.run([sys.executable, "-m", "higgslab.serve", "rows=0"], capture_output=True, text=True,
                          timeout=60)  # fmt: skip
     assert (run.returncode, run.stdout, run.stderr) == (2, "", "error: rows must be >= 1, got 0\n")
+
+
+def test_cli_without_the_serve_extra_says_what_to_install():
+    # uvicorn absent (None in sys.modules: its import fails) in a process of its own
+    code = ("import runpy, sys; sys.modules['uvicorn'] = None; sys.argv = ['serve']; "
+            "runpy.run_module('higgslab.serve', run_name='__main__')")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr == "error: the server needs uvicorn: pip install 'higgslab[serve]'\n"
