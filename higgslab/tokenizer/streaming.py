@@ -65,14 +65,22 @@ class _Conv:
         self.held: torch.Tensor | None = None  # the last `span` inputs (the left padding at first)
 
     def __call__(self, x: torch.Tensor, last: bool) -> torch.Tensor:
+        y, n = self.run(x, last)
+        return y[..., :n]
+
+    def run(self, x: torch.Tensor, last: bool) -> tuple[torch.Tensor, int]:
+        """(the outputs at `bucket(n)` length, n): the first n are those whose inputs have all arrived."""
         pad = x.new_zeros(x.shape[0], x.shape[1], self.conv.padding[0])
-        z = torch.cat([pad if self.held is None else self.held, x] + ([pad] if last else []), -1)
-        n = z.shape[-1] - self.span  # outputs whose inputs have all arrived
-        self.held = z[..., max(n, 0) :]
+        parts = [pad if self.held is None else self.held, x] + ([pad] if last else [])
+        n = sum(p.shape[-1] for p in parts) - self.span
         if n <= 0:
-            return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
-        c = self.conv
-        return _padded(lambda z: F.conv1d(z, c.weight, c.bias, dilation=c.dilation), z, n)[..., :n]
+            self.held = torch.cat(parts, -1)
+            return x.new_zeros(x.shape[0], self.conv.out_channels, 0), 0
+        if bucket(n) > n:  # the bucket's zeros in the same copy
+            parts.append(x.new_zeros(x.shape[0], x.shape[1], bucket(n) - n))
+        z = torch.cat(parts, -1)
+        self.held = z[..., n : n + self.span]
+        return F.conv1d(z, self.conv.weight, self.conv.bias, dilation=self.conv.dilation), n
 
 
 class _ConvTranspose:
@@ -113,11 +121,10 @@ class _Residual:
 
     def __call__(self, x: torch.Tensor, last: bool) -> torch.Tensor:
         self.skip = x if self.skip is None else torch.cat([self.skip, x], -1)
-        y = self.conv1(self.unit.snake1(x), last)
-        n = y.shape[-1]
+        y, n = self.conv1.run(self.unit.snake1(x), last)  # y: at the bucket's length, like conv2 then
         if n == 0:
             return y
-        out = self.skip[..., :n] + _padded(self.unit.conv2, self.unit.snake2(y), n)[..., :n]
+        out = self.skip[..., :n] + self.unit.conv2(self.unit.snake2(y))[..., :n]
         self.skip = self.skip[..., n:]
         return out
 
