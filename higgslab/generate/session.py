@@ -21,9 +21,9 @@ Two ways in:
   run alone prefills it, into the slots just before the write cursor. The cursor is shared (a step writes
   every row at one slot), so the other rows see masked empty slots there. Steps attend from the oldest
   running prompt's first slot on; when the cursor reaches the cache's end, or when the slots before that
-  one are half of the written slots, those are dropped (`_tidy`). Steps run eagerly over the rows up to the last in use (`compact` moves the last requests down
-  into rows freed under them), each group of rows with equal settings sampled together, each row drawing
-  its random numbers from its own seed's generator.
+  one are half of the written slots, those are dropped (`_tidy`). Steps run eagerly over the rows up to
+  the last in use (`compact` moves the last requests down into rows freed under them), each group of rows
+  with equal settings sampled together, each row drawing its random numbers from its own seed's generator.
 A row is sampled as it would be alone: the same draws from its seed, the same sampling ops on its own
 logits. Only the logits' last bits can differ, where attention runs over a window widened by other rows'
 slots (masked) and matrix products take several rows (see `batching.py`).

@@ -3,10 +3,10 @@
 A request's life: its body is checked (`protocol.SpeechRequest`, then the limits here), `Generator.request`
 builds what `Generator.generate` would decode (voices encoded once and cached), and the batcher's thread
 decodes it beside the others, handing a stream's frames to its `FrameInbox`, which wakes the request's
-coroutine once a chunk's worth waits (a whole file waits for the job to leave). Audio is decoded here, in worker threads, so the batcher never waits on it:
-a whole file from all codes at once (`Generator._decode`, the CLI's path), a stream chunk by chunk with a
-`StreamingDecoder`. Every job leaves the batcher: finished, or cancelled when its client goes, its time runs
-out or its stream is closed.
+coroutine once a chunk's worth waits (a whole file waits for the job to leave). Audio is decoded here, in
+worker threads, so the batcher never waits on it: a whole file from all codes at once (`Generator._decode`,
+the CLI's path), a stream chunk by chunk with a `StreamingDecoder`. Every job leaves the batcher:
+finished, or cancelled when its client goes, its time runs out or its stream is closed.
 """
 
 from __future__ import annotations
