@@ -51,12 +51,6 @@ def bucket(n: int) -> int:
     return -(-n // eighth) * eighth
 
 
-def _padded(fn, z: torch.Tensor, n: int) -> torch.Tensor:
-    """`fn(z)`, `z` zero-padded on the right by `bucket(n) - n`: the outputs that see only `z`'s own samples
-    are the same (up to the order of the kernel's sums); the caller drops the others."""
-    return fn(F.pad(z, (0, bucket(n) - n)) if bucket(n) > n else z)
-
-
 class _Conv:
     """A stride-1 `nn.Conv1d` with symmetric zero padding, on `[1, C, n]` pieces of its input."""
 
@@ -95,20 +89,23 @@ class _ConvTranspose:
         self.next = conv.padding[0]  # the unpadded output index to return next
 
     def __call__(self, x: torch.Tensor, last: bool) -> torch.Tensor:
-        z = x if self.prev is None else torch.cat([self.prev, x], -1)
-        first = self.seen - (0 if self.prev is None else 1)  # input index of z[..., 0]
-        self.seen += x.shape[-1]
+        parts = [x] if self.prev is None else [self.prev, x]
+        first = self.seen - (len(parts) - 1)  # input index of the first sample of `parts`
+        m = x.shape[-1]
+        self.seen += m
         end = self.seen * self.s
         if last:
             end += self.s - self.conv.padding[0] + self.conv.output_padding[0]
-        if z.shape[-1] == 0 or end <= self.next:
+        if self.seen == 0 or end <= self.next:
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
-        c = self.conv
-        # the new inputs' count in buckets (with the last input before them: one more)
-        m = z.shape[-1] - (self.prev is not None)
-        y = _padded(lambda z: F.conv_transpose1d(z, c.weight, c.bias, stride=self.s), z, m)
+        if bucket(m) > m:  # the new inputs counted in buckets, their zeros in the same copy
+            parts.append(x.new_zeros(x.shape[0], x.shape[1], bucket(m) - m))
+        z = torch.cat(parts, -1) if len(parts) > 1 else x
+        y = F.conv_transpose1d(z, self.conv.weight, self.conv.bias, stride=self.s)
         out = y[..., self.next - first * self.s : end - first * self.s]
-        self.prev, self.next = z[..., -1:], end
+        if m:
+            self.prev = x[..., -1:]
+        self.next = end
         return out
 
 
