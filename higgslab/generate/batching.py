@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from higgslab import delay
 from higgslab.errors import HiggsLabError
 from higgslab.generate.result import GenerationResult
 from higgslab.generate.session import DecodeSession, Request
@@ -55,7 +54,6 @@ class Job:
     started_at: float | None = None
     first_frame_at: float | None = None
     row: int | None = None
-    _frames: delay.DelayScheduler | None = None
 
     def wait(self, timeout: float | None = None) -> GenerationResult:
         """Block until the job has left the batcher; its result (raises `HiggsLabError` if it failed)."""
@@ -173,32 +171,24 @@ class ContinuousBatcher:
         t0 = time.perf_counter()
         # rows freed below running ones and not taken by a new request: moved out of the steps' way
         self._follow(self.session.compact())
-        column = self.session.step()
+        self.session.step()
         rows = sorted(self.running)
-        index = torch.tensor(rows, device=column.device)
-        # one host copy per step: every running row's column, end frame and done flag
-        host = torch.cat(
-            [
-                column[index],
-                self.session.state.end_frame[index, None],
-                self.session.state.done[index, None].long(),
-            ],
-            1,
-        ).cpu()
+        # one host copy per step: each running row's newest frame, end frame and done flag
+        host = self.session.newest_frames(rows).tolist()
+        n_q = self.model.config.num_codebooks
         self.stats.steps += 1
         self.stats.row_steps += len(rows)
-        for i, row in enumerate(rows):
+        for row, (frame, *codes, end_frame, done) in zip(rows, host, strict=True):
             job = self.running[row]
-            frames = job._frames.push(host[i, :-2], end_frame=int(host[i, -2]))
-            if frames.shape[1]:
-                self.stats.frames += frames.shape[1]
+            # frame 0 is the all-bos one; frames from the partial one (`end_frame`) on never come
+            if frame >= 1 and (end_frame < 0 or frame < end_frame):
+                self.stats.frames += 1
                 if job.first_frame_at is None:
                     job.first_frame_at = time.perf_counter()
                     self.stats.first_audio_s.append(job.first_frame_at - job.submitted_at)
                 if job.on_frames is not None:
-                    job.on_frames(frames)
-            session_row = self.session.rows[row]
-            if bool(host[i, -1]) or session_row.t >= job.request.max_new_tokens:
+                    job.on_frames(torch.tensor(codes).view(n_q, 1))
+            if done or self.session.rows[row].t >= job.request.max_new_tokens:
                 job.result = self.session.finish(row)
                 del self.running[row]
                 self._leave(job)
@@ -220,9 +210,6 @@ class ContinuousBatcher:
             self._leave(job, failed=True)
             return
         job.started_at = time.perf_counter()
-        c = self.model.config
-        job._frames = delay.DelayScheduler(c.num_codebooks, c.stream_ids)
-        job._frames.push(self.session.column[job.row])
         self.running[job.row] = job
 
     def _leave(self, job: Job, cancelled: bool = False, failed: bool = False) -> None:

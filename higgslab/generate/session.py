@@ -75,6 +75,10 @@ class _Row:
     pair: int | None  # the row of its unconditional prompt (guidance)
     t: int = 1  # columns emitted, the all-bos one included
     stats: GenerationStats = field(default_factory=GenerationStats)
+    key: tuple = field(init=False)  # its settings as a tuple: rows with equal ones are sampled together
+
+    def __post_init__(self):
+        self.key = dataclasses.astuple(self.request.settings)
 
 
 class DecodeSession:
@@ -373,28 +377,29 @@ class DecodeSession:
     def _step_rows(self) -> torch.Tensor:
         """The general step: the rows in use, eagerly; each group of equal settings sampled together."""
         n = len(self.rows)
-        c = self.config
+        c, dev = self.config, self.model.device
         self._tidy()
-        for i, r in enumerate(self.rows):  # a guided row's text-free twin is fed the same column
-            if isinstance(r, _Row) and r.pair is not None:
-                self.column[r.pair] = self.column[i]
+        live = [i for i, r in enumerate(self.rows) if isinstance(r, _Row)]
         groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(self.rows):
-            if isinstance(r, _Row):
-                groups.setdefault(dataclasses.astuple(r.request.settings), []).append(i)
+        for i in live:
+            groups.setdefault(self.rows[i].key, []).append(i)
+        guided = [i for i in live if self.rows[i].pair is not None]
+        cond = torch.tensor(guided, dtype=torch.long, device=dev)
+        twin = torch.tensor([self.rows[i].pair for i in guided], dtype=torch.long, device=dev)
+        self.column[twin] = self.column[cond]  # a guided row's text-free twin is fed the same column
         noises = self._draws(list(groups.values()))  # every row from its own seed's stream, as alone
         # from the oldest running prompt's first slot on: the slots before it are no running row's, and
         # reading them is what a batched step's attention costs (its keys are read for every row)
         start = min(self._first.values(), default=0)
         logits = self.model.decode_audio_step(self.column[:n], self._view(range(n), start))
         self.used += 1
-        sampled = torch.full((n, c.num_codebooks), c.stream_eos_id, dtype=torch.long, device=logits.device)
+        sampled = torch.full((n, c.num_codebooks), c.stream_eos_id, dtype=torch.long, device=dev)
         for rows, noise in zip(groups.values(), noises, strict=True):
             s = self.rows[rows[0]].request.settings
-            index = torch.tensor(rows, device=logits.device)
+            index = torch.tensor(rows, device=dev)
             lg = logits[index]
             if s.cfg_scale != 1:
-                pairs = torch.tensor([self.rows[i].pair for i in rows], device=logits.device)
+                pairs = torch.tensor([self.rows[i].pair for i in rows], device=dev)
                 lg = sampling.guide(lg, logits[pairs], s.cfg_scale, c.codebook_size)
             ras = s.ras_window > 0 and s.temperature > 0
             history = self.history[index, MAX_RAS_WINDOW - s.ras_window :] if ras else None
@@ -407,17 +412,13 @@ class DecodeSession:
                 ras_max_repeat=s.ras_max_repeat,
                 noise=noise,
             )
-        for i, r in enumerate(self.rows):
-            if isinstance(r, _Row) and r.pair is not None:
-                sampled[r.pair] = sampled[i]
+        sampled[twin] = sampled[cond]
         state = delay.DelayState(*(x[:n] for x in self.state))
         column, state = delay.force(sampled, state, c.stream_ids)
         history = torch.cat([self.history[:n, 1:], column[:, None]], dim=1)
         self._set(slice(0, n), column, history, state)
-        live = [i for i, r in enumerate(self.rows) if isinstance(r, _Row)]
-        at = torch.tensor([self.rows[i].t for i in live], device=logits.device)
-        rows = torch.tensor(live, device=logits.device)
-        self.columns[rows, at] = column[rows]
+        rows = torch.tensor(live, device=dev)
+        self.columns[rows, torch.tensor([self.rows[i].t for i in live], device=dev)] = column[rows]
         for i in live:
             self.rows[i].t += 1
         self.t += 1
@@ -435,6 +436,21 @@ class DecodeSession:
         return out
 
     # ---- rows out -------------------------------------------------------------------------------------------
+    def newest_frames(self, rows: list[int]) -> torch.Tensor:
+        """For each of `rows`, on the host `[len(rows), 1 + n_q + 2]`: the frame its last column completed
+        (frame f takes codebook k from column f + k; f < 1: none yet), that frame's codes (clipped to codes,
+        as `delay.finished_frames` keeps them), and its `end_frame` and done flag. Each step completes one
+        frame a row: the frames a row's steps complete, while 1 <= f < end_frame (or end_frame < 0), are
+        `finish(row).codes`, in order."""
+        n_q, dev = self.config.num_codebooks, self.column.device
+        index = torch.tensor(rows, device=dev)
+        frame = torch.tensor([self.rows[r].t - n_q for r in rows], device=dev)
+        k = torch.arange(n_q, device=dev)
+        codes = self.columns[index[:, None], (frame[:, None] + k).clamp(min=0), k]
+        codes = codes.clamp(0, self.config.codebook_size - 1)
+        state = [self.state.end_frame[index, None], self.state.done[index, None].long()]
+        return torch.cat([frame[:, None], codes, *state], 1).cpu()
+
     def ended(self) -> list[int]:
         """Rows whose stream has closed, or that have emitted their `max_new_tokens` columns (a host sync)."""
         live = self._cond_rows()

@@ -1,5 +1,7 @@
 """Continuous batching: requests that join and leave a running DecodeSession give their alone codes."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -202,6 +204,26 @@ def test_batcher_follows_its_requests_into_compacted_rows(mini, requests, alone)
     assert jobs[2].row == 0 and sorted(batcher.running) == [0, 1] and len(batcher.session.rows) == 2
     batcher.run_until_idle()
     assert torch.equal(jobs[1].wait(0).codes, alone[5]) and torch.equal(jobs[2].wait(0).codes, alone[2])
+
+
+def test_frames_handed_out_are_each_requests_codes_in_any_row(mini, requests, alone):
+    """Six requests in eight rows (guided ones take two), one cut at max_new_tokens mid-stream, one cancelled
+    under the others so that the last ones move down: every job's frames, as the steps hand them out, are
+    its result's codes."""
+    cut = dataclasses.replace(requests[1], max_new_tokens=40)  # still speaking at step 40
+    batch = [*requests[:5], cut]
+    batcher = ContinuousBatcher(mini.model, rows=8, max_tokens=max(len(r.ids) for r in requests) + STEPS)
+    frames: dict[int, list] = {i: [] for i in range(len(batch))}
+    jobs = [batcher.submit(r, on_frames=frames[i].append) for i, r in enumerate(batch)]
+    for _ in range(12):
+        batcher.step()
+    batcher.cancel(jobs[0])
+    batcher.run_until_idle()
+    assert jobs[5].result.finished is False and jobs[5].result.codes.shape[1] > 0
+    for i, job in enumerate(jobs[1:], 1):
+        assert torch.equal(torch.cat(frames[i], 1), job.wait(0).codes), i
+    for i in range(1, 5):
+        assert torch.equal(jobs[i].result.codes, alone[i]), SETTINGS[i]
 
 
 def test_batcher_runs_in_its_thread(mini, requests, alone):
