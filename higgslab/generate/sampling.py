@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from higgslab.errors import HiggsLabError
@@ -43,18 +44,18 @@ def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gen
 
 
 def filter_logits(
-    logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
+    logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0, host: bool = False
 ) -> torch.Tensor:
     """Temperature, then top-k, then top-p on `[..., V]` logits; removed tokens become -inf.
 
     top-k keeps every token scoring at least the k-th best (ties kept, as transformers); top-p keeps the
     smallest set of most likely tokens whose probability sums to >= top_p, never fewer than one. Where
     tokens tie with the last one top-p keeps, all of them stay (transformers keeps whichever its unstable
-    sort puts last); otherwise the two agree (tests/generate/test_sampling.py).
+    sort puts last); otherwise the two agree (tests/generate/test_sampling.py). `host`: see `sample`.
     """
     scores = logits / temperature
     if 0 < top_k < scores.shape[-1]:
-        top = scores.topk(top_k, dim=-1).values  # [..., k], most likely first
+        top = _top(scores, top_k, host)  # [..., k], most likely first
         floor = top[..., -1:]
         if top_p < 1.0:  # the nucleus lies inside the top k: found there, not by sorting all V
             floor = _nucleus_floor(scores, top, top_p)
@@ -66,6 +67,15 @@ def filter_logits(
         drop[..., -1] = False  # the most likely token always stays
         scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return scores
+
+
+def _top(scores: torch.Tensor, k: int, host: bool) -> torch.Tensor:
+    """The `k` largest of `scores` `[..., V]`, largest first `[..., k]`: NumPy's selection when `host` on
+    the CPU (vectorised, about twice as fast as `torch.topk` over a batched step's rows), else torch's."""
+    if not (host and scores.device.type == "cpu"):
+        return scores.topk(k, dim=-1).values
+    kept = np.partition(scores.numpy(), scores.shape[-1] - k, axis=-1)[..., -k:]
+    return torch.from_numpy(-np.sort(-kept, axis=-1))
 
 
 def _nucleus_floor(scores: torch.Tensor, top: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -120,6 +130,7 @@ def sample(
     ras_max_repeat: int = 2,
     ras_window: int | None = None,
     noise: tuple[torch.Tensor, ...] | None = None,
+    host: bool = False,
 ) -> torch.Tensor:
     """One column `[B, n_q]` from logits `[B, n_q, V]`.
 
@@ -127,7 +138,10 @@ def sample(
     ras_window: if given, only the last `ras_window` columns of `history` count (0 → off).
     Draws: the main draw (skipped at temperature 0), then, with RAS on, one redraw for every codebook
     (used only where it triggers), so the random stream advances the same way every step. `noise`: those
-    draws made beforehand (`uniform_noise`, `[B, n_q]` each) instead of from `generator`.
+    draws made beforehand (`uniform_noise`, `[B, n_q]` each) instead of from `generator`. `host`: the
+    caller runs eagerly and may wait on the device: the RAS redraw is then computed only for the codebooks
+    it replaces (the same numbers; a batched step of many rows saves most of a pass over V), and top-k
+    is selected with NumPy on the CPU (the same values, in half the time of `torch.topk`'s).
     """
     check_settings(temperature, top_k, top_p, ras_max_repeat)
     logits = logits.float()
@@ -138,13 +152,22 @@ def sample(
     if temperature == 0:
         tokens = logits.argmax(dim=-1)
     else:
-        probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
+        probs = filter_logits(logits, temperature, top_k, top_p, host=host).softmax(dim=-1)
         tokens = invert(probs, generator, next(given))
     if not ras:
         return tokens
     repeats = (history == tokens[:, None, :]).sum(dim=1)
-    redrawn = invert(logits.softmax(dim=-1), generator, next(given))
-    return torch.where(repeats >= ras_max_repeat, redrawn, tokens)
+    if not host:
+        redrawn = invert(logits.softmax(dim=-1), generator, next(given))
+        return torch.where(repeats >= ras_max_repeat, redrawn, tokens)
+    u = next(given)
+    if u is None:  # drawn for every codebook, as the static path draws them
+        (u,) = uniform_noise(tuple(tokens.shape), 1, generator, tokens.device)
+    where = (repeats >= ras_max_repeat).nonzero(as_tuple=True)
+    if len(where[0]):
+        tokens = tokens.clone()
+        tokens[where] = invert(logits[where].softmax(dim=-1), u=u[where])
+    return tokens
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, n_codes: int) -> torch.Tensor:

@@ -394,6 +394,7 @@ class DecodeSession:
         logits = self.model.decode_audio_step(self.column[:n], self._view(range(n), start))
         self.used += 1
         sampled = torch.full((n, c.num_codebooks), c.stream_eos_id, dtype=torch.long, device=dev)
+        host = dev.type == "cpu"  # eager on the CPU: sampling may read values back (`sampling.sample`)
         for rows, noise in zip(groups.values(), noises, strict=True):
             s = self.rows[rows[0]].request.settings
             index = torch.tensor(rows, device=dev)
@@ -411,6 +412,7 @@ class DecodeSession:
                 history=history,
                 ras_max_repeat=s.ras_max_repeat,
                 noise=noise,
+                host=host,
             )
         sampled[twin] = sampled[cond]
         state = delay.DelayState(*(x[:n] for x in self.state))

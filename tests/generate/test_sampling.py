@@ -151,6 +151,32 @@ def test_ras_counts_stream_tokens_per_codebook():
     assert (tokens[:, 0].eq(1024).float().mean() - redrawn_bos).abs() < 0.02
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [dict(temperature=0), dict(temperature=0.3, top_k=50, top_p=0.95), dict(temperature=1.0, top_k=4),
+     dict(temperature=0.8, top_p=0.7), dict(temperature=0.5, top_k=50, ras_max_repeat=1)],
+)  # fmt: skip
+def test_host_path_draws_the_same_tokens(kw):
+    """`host=True` (a batched eager step: NumPy's top-k, the RAS redraw only where it triggers) draws what
+    the static path draws, from the generator or from noise drawn beforehand; ties at the top-k boundary
+    included, and RAS triggering on most codebooks (ras_max_repeat=1)."""
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(16, 8, V, generator=gen) * 3
+    logits[0, 0, :60] = 4.0  # 60 tokens tie at the top: top-k keeps them all
+    history = torch.randint(0, 8, (16, 7, 8), generator=gen)
+    history[:, -2:] = logits.argmax(-1)[:, None]  # the likeliest tokens repeat: RAS redraws them
+    n = sampling.draws(kw["temperature"], ras=True)
+    noise = sampling.uniform_noise((16, 8), n, sampling.seeded_generator(9))
+    for source in (dict(noise=noise), dict(generator=sampling.seeded_generator(9))):
+        static = sampling.sample(logits, history=history, **kw, **source)
+        source = dict(noise=noise) if "noise" in source else dict(generator=sampling.seeded_generator(9))
+        assert torch.equal(sampling.sample(logits, history=history, host=True, **kw, **source), static)
+    redrawn = sampling.sample(logits, history=history, **kw, noise=noise)
+    assert not torch.equal(
+        redrawn, sampling.sample(logits, history=None, **kw, noise=noise[:1] if n > 1 else ())
+    )
+
+
 def test_sample_has_no_host_sync():
     logits = torch.randn(2, 8, V)
     history = torch.randint(0, V, (2, 7, 8))
