@@ -384,8 +384,7 @@ class DecodeSession:
         for i in live:
             groups.setdefault(self.rows[i].key, []).append(i)
         guided = [i for i in live if self.rows[i].pair is not None]
-        cond = torch.tensor(guided, dtype=torch.long, device=dev)
-        twin = torch.tensor([self.rows[i].pair for i in guided], dtype=torch.long, device=dev)
+        cond, twin = _index(guided, dev), _index([self.rows[i].pair for i in guided], dev)
         self.column[twin] = self.column[cond]  # a guided row's text-free twin is fed the same column
         noises = self._draws(list(groups.values()))  # every row from its own seed's stream, as alone
         # from the oldest running prompt's first slot on: the slots before it are no running row's, and
@@ -397,10 +396,10 @@ class DecodeSession:
         host = dev.type == "cpu"  # eager on the CPU: sampling may read values back (`sampling.sample`)
         for rows, noise in zip(groups.values(), noises, strict=True):
             s = self.rows[rows[0]].request.settings
-            index = torch.tensor(rows, device=dev)
+            index = _index(rows, dev)
             lg = logits[index]
             if s.cfg_scale != 1:
-                pairs = torch.tensor([self.rows[i].pair for i in rows], device=dev)
+                pairs = _index([self.rows[i].pair for i in rows], dev)
                 lg = sampling.guide(lg, logits[pairs], s.cfg_scale, c.codebook_size)
             ras = s.ras_window > 0 and s.temperature > 0
             history = self.history[index, MAX_RAS_WINDOW - s.ras_window :] if ras else None
@@ -548,6 +547,15 @@ class _PairRow:
 
 def _is_pair(r) -> bool:
     return isinstance(r, _PairRow)
+
+
+def _index(rows: list[int], dev: torch.device) -> slice | torch.Tensor:
+    """`rows` as a slice when they are evenly spaced (the usual case: requests side by side, each with its
+    text-free twin; a view of the logits, not a copy of them), else as an index tensor."""
+    step = rows[1] - rows[0] if len(rows) > 1 else 1
+    if rows and step > 0 and rows == list(range(rows[0], rows[-1] + 1, step)):
+        return slice(rows[0], rows[-1] + 1, step)
+    return torch.tensor(rows, dtype=torch.long, device=dev)
 
 
 def _stats(prompt_tokens: int, dev: torch.device) -> GenerationStats:
