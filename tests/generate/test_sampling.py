@@ -167,10 +167,9 @@ def test_host_path_draws_the_same_tokens(kw):
     history[:, -2:] = logits.argmax(-1)[:, None]  # the likeliest tokens repeat: RAS redraws them
     n = sampling.draws(kw["temperature"], ras=True)
     noise = sampling.uniform_noise((16, 8), n, sampling.seeded_generator(9))
-    for source in (dict(noise=noise), dict(generator=sampling.seeded_generator(9))):
-        static = sampling.sample(logits, history=history, **kw, **source)
-        source = dict(noise=noise) if "noise" in source else dict(generator=sampling.seeded_generator(9))
-        assert torch.equal(sampling.sample(logits, history=history, host=True, **kw, **source), static)
+    for draws in (lambda: dict(noise=noise), lambda: dict(generator=sampling.seeded_generator(9))):
+        static = sampling.sample(logits, history=history, **kw, **draws())
+        assert torch.equal(sampling.sample(logits, history=history, host=True, **kw, **draws()), static)
     redrawn = sampling.sample(logits, history=history, **kw, noise=noise)
     assert not torch.equal(
         redrawn, sampling.sample(logits, history=None, **kw, noise=noise[:1] if n > 1 else ())
