@@ -173,15 +173,14 @@ class ContinuousBatcher:
         self._follow(self.session.compact())
         self.session.step()
         rows = sorted(self.running)
-        # one host copy per step: each running row's newest frame, end frame and done flag
+        # one host copy per step: whether each running row completed a frame, its codes, its done flag
         host = self.session.newest_frames(rows).tolist()
         n_q = self.model.config.num_codebooks
         self.stats.steps += 1
         self.stats.row_steps += len(rows)
-        for row, (frame, *codes, end_frame, done) in zip(rows, host, strict=True):
+        for row, (kept, *codes, done) in zip(rows, host, strict=True):
             job = self.running[row]
-            # frame 0 is the all-bos one; frames from the partial one (`end_frame`) on never come
-            if frame >= 1 and (end_frame < 0 or frame < end_frame):
+            if kept:
                 self.stats.frames += 1
                 if job.first_frame_at is None:
                     job.first_frame_at = time.perf_counter()

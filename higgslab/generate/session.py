@@ -438,19 +438,19 @@ class DecodeSession:
 
     # ---- rows out -------------------------------------------------------------------------------------------
     def newest_frames(self, rows: list[int]) -> torch.Tensor:
-        """For each of `rows`, on the host `[len(rows), 1 + n_q + 2]`: the frame its last column completed
-        (frame f takes codebook k from column f + k; f < 1: none yet), that frame's codes (clipped to codes,
-        as `delay.finished_frames` keeps them), and its `end_frame` and done flag. Each step completes one
-        frame a row: the frames a row's steps complete, while 1 <= f < end_frame (or end_frame < 0), are
-        `finish(row).codes`, in order."""
+        """For each of `rows`, on the host `[len(rows), 1 + n_q + 1]`: whether its last column completed a
+        frame it keeps, that frame's codes (frame f takes codebook k from column f + k; clipped to codes),
+        and its done flag. A step completes one frame a row; those kept (1 <= f, and f < `end_frame` once
+        the closing started, as `delay.finished_frames` keeps them) are `finish(row).codes`, in order."""
         n_q, dev = self.config.num_codebooks, self.column.device
         index = torch.tensor(rows, device=dev)
         frame = torch.tensor([self.rows[r].t - n_q for r in rows], device=dev)
+        end = self.state.end_frame[index]
+        kept = (frame >= 1) & ((end < 0) | (frame < end))
         k = torch.arange(n_q, device=dev)
         codes = self.columns[index[:, None], (frame[:, None] + k).clamp(min=0), k]
         codes = codes.clamp(0, self.config.codebook_size - 1)
-        state = [self.state.end_frame[index, None], self.state.done[index, None].long()]
-        return torch.cat([frame[:, None], codes, *state], 1).cpu()
+        return torch.cat([kept[:, None].long(), codes, self.state.done[index, None].long()], 1).cpu()
 
     def ended(self) -> list[int]:
         """Rows whose stream has closed, or that have emitted their `max_new_tokens` columns (a host sync)."""
